@@ -1,0 +1,1 @@
+"""Pipeline mechanics: turning DVC stages into Papermill notebook runs (and, later, other pipelines)."""

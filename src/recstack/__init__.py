@@ -1,0 +1,3 @@
+"""recstack: notebook-first, research-to-production recommender systems."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""The ``recstack`` command line: thin wrappers over the same typed functions notebooks and tests call.
+
+Examples::
+
+    recstack data default                          # (re)create the embedded dataset data/raw/synthetic
+    recstack data generate /tmp/syn10m --n-interactions 10000000 --n-users 500000 --n-items 100000
+    recstack data download movielens-1m data/external
+    recstack data validate movielens-100k ../shared/data/ml-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recstack.data.schema import DataError
+
+
+def _cmd_default(args: argparse.Namespace) -> int:
+    from recstack.data.synthetic import generate_default
+    from recstack.paths import DEFAULT_DATASET_DIR, project_root
+
+    out = project_root() / DEFAULT_DATASET_DIR
+    if (out / "interactions.parquet").exists() and not args.force:
+        print(f"embedded dataset present: {out}")
+        return 0
+    summary = generate_default(out)
+    print(f"embedded dataset generated: {out} ({json.dumps(summary, default=str)})")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from recstack.data.synthetic import DEFAULT_CONFIG, generate_synthetic
+
+    overrides = {k: v for k, v in vars(args).items() if k in DEFAULT_CONFIG.model_fields and v is not None}
+    config = DEFAULT_CONFIG.model_copy(update=overrides)
+    config = type(DEFAULT_CONFIG).model_validate(config.model_dump())  # re-validate the overrides
+    summary = generate_synthetic(args.out, config, progress=True)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from recstack.data.download import download_movielens
+
+    path = download_movielens(args.name, args.dest, url=args.url, checksum=args.checksum)
+    print(f"{args.name} ready at {path}\nuse: dvc exp run -S data.source={args.name.rsplit('-small', 1)[0]} -S data.path={path.resolve()}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from recstack.data.adapters import load_source
+    from recstack.data.validate import validate
+
+    options = json.loads(args.options) if args.options else {}
+    result = validate(load_source(args.source, args.path, **options), max_bad_fraction=args.max_bad_fraction)
+    print(result.report.model_dump_json(indent=2))
+    return 0 if result.report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="recstack", description="recstack command line")
+    sub = parser.add_subparsers(dest="group", required=True)
+    data = sub.add_parser("data", help="datasets: generate, download, validate").add_subparsers(dest="cmd", required=True)
+
+    p = data.add_parser("default", help="create the embedded default dataset (data/raw/synthetic) if missing")
+    p.add_argument("--force", action="store_true", help="regenerate even if present")
+    p.set_defaults(func=_cmd_default)
+
+    p = data.add_parser("generate", help="generate a synthetic dataset of any size")
+    p.add_argument("out", type=Path)
+    for name in ("n_users", "n_items", "n_interactions", "n_categories", "n_clusters", "n_days", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int)
+    p.set_defaults(func=_cmd_generate)
+
+    p = data.add_parser("download", help="download and verify a MovieLens archive")
+    p.add_argument("name", help="movielens-100k, movielens-1m, movielens-20m, movielens-25m, movielens-latest-small, movielens-latest")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--url", help="mirror URL or local path (file:// works)")
+    p.add_argument("--checksum", help="expected checksum, e.g. sha256:<hex> or md5:<hex>")
+    p.set_defaults(func=_cmd_download)
+
+    p = data.add_parser("validate", help="validate a source and print the report (exit 1 if it fails)")
+    p.add_argument("source")
+    p.add_argument("path", type=Path)
+    p.add_argument("--options", help="adapter options as JSON")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01)
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``recstack`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

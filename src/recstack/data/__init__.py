@@ -1,0 +1,1 @@
+"""The data layer: one canonical schema, source adapters, validation, splits."""

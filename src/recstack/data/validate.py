@@ -1,0 +1,403 @@
+"""Validation of any source: typing, problem detection, quarantine and a report.
+
+Every row of every table ends up either in the clean canonical tables or in a quarantine table that keeps
+its original values (as text) with its source row number and the list of problems found. Nothing is
+dropped silently. The caller decides from :attr:`ValidationReport.passed` whether the bad fraction is
+acceptable (threshold ``ingest.max_bad_fraction``).
+
+Problems detected (per table):
+
+* interactions: ``missing_user_id``, ``missing_item_id`` (null or blank), ``bad_timestamp`` (null or
+  unparseable), ``future_timestamp`` (later than ``as_of`` + tolerance), ``bad_value`` (not a finite number),
+  ``missing_event_type`` (blank where the source has the column), ``duplicate`` (same user, item, timestamp
+  and event type as an earlier row), ``unknown_item`` (not in the item table, when there is one).
+* items: ``missing_item_id``, ``duplicate_item_id`` (the first row wins).
+* users: ``missing_user_id``, ``duplicate_user_id`` (the first row wins).
+
+Warnings (rows kept, counted): unparseable ``created_at`` (set to null), id types that differ between
+tables (both typed String), interacting users without a user row (they get null attributes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from recstack.data.parse import cast_id, check_timestamp_format, ids_are_integers, is_blank, parse_float, parse_timestamp
+from recstack.data.schema import (
+    CATEGORIES,
+    CATEGORIES_DTYPE,
+    CREATED_AT,
+    DEFAULT_EVENT_TYPE,
+    EVENT_TYPE,
+    ITEM_ID,
+    PROBLEM,
+    ROW,
+    TIMESTAMP,
+    TIMESTAMP_DTYPE,
+    TITLE,
+    USER_ID,
+    VALUE,
+    CanonicalData,
+    DataError,
+    RawData,
+)
+
+INTERACTION_PROBLEMS = (
+    "missing_user_id",
+    "missing_item_id",
+    "bad_timestamp",
+    "future_timestamp",
+    "bad_value",
+    "missing_event_type",
+    "duplicate",
+    "unknown_item",
+)
+ITEM_PROBLEMS = ("missing_item_id", "duplicate_item_id")
+USER_PROBLEMS = ("missing_user_id", "duplicate_user_id")
+TABLES = ("interactions", "items", "users")
+
+# Temporary column names used while validating (never leave this module).
+_U, _I, _T, _V, _E = "__user", "__item", "__ts", "__value", "__event"
+
+
+class ProblemSummary(BaseModel):
+    """Count and example rows of one problem in one table."""
+
+    table: str
+    problem: str
+    count: int
+    examples: list[dict[str, str | int | float | None]] = Field(default_factory=list)
+
+
+class ValidationReport(BaseModel):
+    """What validation found; written as ``artifacts/ingest/validation_report.json``."""
+
+    source: str
+    rows: dict[str, int]
+    bad_rows: dict[str, int]
+    bad_fraction: dict[str, float]
+    max_bad_fraction: float
+    passed: bool
+    problems: list[ProblemSummary]
+    warnings: list[ProblemSummary]
+    notes: list[str]
+    clean_stats: dict[str, int | float | str | None]
+
+    def failure_message(self, report_path: str = "", quarantine_dir: str = "") -> str:
+        """A one-paragraph explanation of why validation failed (empty if it passed)."""
+        if self.passed:
+            return ""
+        parts = []
+        for table in TABLES:
+            frac = self.bad_fraction.get(table, 0.0)
+            if frac > self.max_bad_fraction:
+                counts = ", ".join(f"{p.problem}={p.count:,}" for p in self.problems if p.table == table)
+                parts.append(
+                    f"{self.bad_rows[table]:,} of {self.rows[table]:,} {table} rows ({frac:.2%}) are bad "
+                    f"[{counts}]"
+                )
+        where = f" Report: {report_path}." if report_path else ""
+        where += f" Bad rows kept in: {quarantine_dir}." if quarantine_dir else ""
+        return (
+            f"validation of source '{self.source}' failed: " + "; ".join(parts)
+            + f", above the threshold max_bad_fraction={self.max_bad_fraction:.2%}.{where} Fix the source "
+            "(or its column mapping / timestamp_format), or raise ingest.max_bad_fraction if these rows are "
+            "expected."
+        )
+
+
+@dataclass
+class ValidationResult:
+    """Clean tables (collected), quarantined rows per table, and the report."""
+
+    data: CanonicalData
+    quarantine: dict[str, pl.DataFrame]
+    report: ValidationReport
+
+
+def _require(schema: pl.Schema, table: str, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in schema]
+    if missing:
+        raise DataError(
+            f"{table} table lacks required column(s) {missing}; it has {list(schema.names())}. "
+            "Check the source's column mapping (data.columns)."
+        )
+
+
+def _problem_column(flags: dict[str, pl.Expr]) -> pl.Expr:
+    # "a;b" listing every problem of the row, null for a clean row.
+    labels = [pl.when(f).then(pl.lit(name)) for name, f in flags.items()]
+    joined = pl.concat_str(labels, separator=";", ignore_nulls=True)
+    return pl.when(joined != "").then(joined).alias(PROBLEM)
+
+
+def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    # Quarantine keeps every original value as text, whatever its type, so nothing is lost or coerced.
+    if isinstance(dtype, pl.List):
+        return pl.col(column).cast(pl.List(pl.String)).list.join("|").alias(column)
+    if isinstance(dtype, (pl.Struct, pl.Array)):
+        return pl.col(column).map_elements(str, return_dtype=pl.String).alias(column)
+    return pl.col(column).cast(pl.String)
+
+
+def _split(annotated: pl.DataFrame, original: list[str], clean_exprs: list[pl.Expr]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    bad = annotated.filter(pl.col(PROBLEM).is_not_null())
+    quarantine = bad.select(pl.col(ROW), pl.col(PROBLEM), *[_as_text(c, annotated.schema[c]) for c in original])
+    clean = annotated.filter(pl.col(PROBLEM).is_null()).select(clean_exprs)
+    return clean, quarantine
+
+
+def _summaries(table: str, quarantine: pl.DataFrame, problems: tuple[str, ...], n_examples: int) -> list[ProblemSummary]:
+    out = []
+    for problem in problems:
+        rows = quarantine.filter(pl.col(PROBLEM).str.split(";").list.contains(problem))
+        if rows.height:
+            examples = rows.head(n_examples).to_dicts()
+            out.append(ProblemSummary(table=table, problem=problem, count=rows.height, examples=examples))
+    return out
+
+
+def _validate_items(items: pl.LazyFrame, as_int: bool, fmt: str, n_examples: int) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary], list[ProblemSummary]]:
+    schema = items.collect_schema()
+    _require(schema, "items", (ITEM_ID,))
+    original = list(schema.names())
+    frame = items.with_row_index(ROW, offset=1).with_columns(cast_id(ITEM_ID, schema[ITEM_ID], as_int).alias(_I))
+    missing = is_blank(ITEM_ID, schema[ITEM_ID]) | pl.col(_I).is_null()
+    flags = {"missing_item_id": missing, "duplicate_item_id": ~missing & ~pl.col(_I).is_first_distinct()}
+    annotated = frame.with_columns(_problem_column(flags)).collect()
+
+    title = pl.col(TITLE).cast(pl.String) if TITLE in schema else pl.lit(None, dtype=pl.String)
+    if CATEGORIES not in schema:
+        cats = pl.lit([], dtype=CATEGORIES_DTYPE)
+    elif schema[CATEGORIES] == pl.String:
+        # A text column "Jazz|Blues": split on the conventional separator, drop empty pieces.
+        cats = pl.col(CATEGORIES).str.split("|").list.eval(pl.element().filter(pl.element() != ""))
+    else:
+        cats = pl.col(CATEGORIES).cast(CATEGORIES_DTYPE)
+    cats = cats.fill_null(pl.lit([], dtype=CATEGORIES_DTYPE))
+    created = parse_timestamp(CREATED_AT, schema[CREATED_AT], fmt) if CREATED_AT in schema else pl.lit(None, dtype=TIMESTAMP_DTYPE)
+    extra = [pl.col(c) for c in original if c not in (ITEM_ID, TITLE, CATEGORIES, CREATED_AT)]
+    clean_exprs = [pl.col(_I).alias(ITEM_ID), title.alias(TITLE), cats.alias(CATEGORIES), created.alias(CREATED_AT), *extra]
+    clean, quarantine = _split(annotated, original, clean_exprs)
+
+    warnings = []
+    if CREATED_AT in schema:
+        raw_ok = ~is_blank(CREATED_AT, schema[CREATED_AT]) if schema[CREATED_AT] == pl.String else pl.col(CREATED_AT).is_not_null()
+        unparsed = annotated.filter(pl.col(PROBLEM).is_null() & raw_ok & created.is_null())
+        if unparsed.height:
+            ex = unparsed.select(pl.col(ROW), pl.col(ITEM_ID).cast(pl.String), pl.col(CREATED_AT).cast(pl.String))
+            warnings.append(
+                ProblemSummary(table="items", problem="unparseable_created_at_set_null", count=unparsed.height, examples=ex.head(n_examples).to_dicts())
+            )
+    return clean, quarantine, _summaries("items", quarantine, ITEM_PROBLEMS, n_examples), warnings
+
+
+def _validate_users(users: pl.LazyFrame, as_int: bool, n_examples: int) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary]]:
+    schema = users.collect_schema()
+    _require(schema, "users", (USER_ID,))
+    original = list(schema.names())
+    frame = users.with_row_index(ROW, offset=1).with_columns(cast_id(USER_ID, schema[USER_ID], as_int).alias(_U))
+    missing = is_blank(USER_ID, schema[USER_ID]) | pl.col(_U).is_null()
+    flags = {"missing_user_id": missing, "duplicate_user_id": ~missing & ~pl.col(_U).is_first_distinct()}
+    annotated = frame.with_columns(_problem_column(flags)).collect()
+    extra = [pl.col(c) for c in original if c != USER_ID]
+    clean, quarantine = _split(annotated, original, [pl.col(_U).alias(USER_ID), *extra])
+    return clean, quarantine, _summaries("users", quarantine, USER_PROBLEMS, n_examples)
+
+
+def _validate_interactions(
+    inter: pl.LazyFrame,
+    *,
+    user_int: bool,
+    item_int: bool,
+    fmt: str,
+    latest_allowed: datetime,
+    known_items: pl.Series | None,
+    n_examples: int,
+) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary]]:
+    schema = inter.collect_schema()
+    _require(schema, "interactions", (USER_ID, ITEM_ID, TIMESTAMP))
+    original = list(schema.names())
+    has_value, has_event = VALUE in schema, EVENT_TYPE in schema
+    frame = inter.with_row_index(ROW, offset=1).with_columns(
+        cast_id(USER_ID, schema[USER_ID], user_int).alias(_U),
+        cast_id(ITEM_ID, schema[ITEM_ID], item_int).alias(_I),
+        parse_timestamp(TIMESTAMP, schema[TIMESTAMP], fmt).alias(_T),
+        # A missing value means "an event happened": implicit feedback of weight 1.
+        (parse_float(VALUE, schema[VALUE]) if has_value else pl.lit(None, dtype=pl.Float64)).fill_null(1.0).alias(_V),
+        (pl.col(EVENT_TYPE).cast(pl.String) if has_event else pl.lit(DEFAULT_EVENT_TYPE)).alias(_E),
+    )
+    missing_user = is_blank(USER_ID, schema[USER_ID]) | pl.col(_U).is_null()
+    missing_item = is_blank(ITEM_ID, schema[ITEM_ID]) | pl.col(_I).is_null()
+    bad_ts = pl.col(_T).is_null()
+    flags: dict[str, pl.Expr] = {
+        "missing_user_id": missing_user,
+        "missing_item_id": missing_item,
+        "bad_timestamp": bad_ts,
+        "future_timestamp": pl.col(_T) > pl.lit(latest_allowed, dtype=TIMESTAMP_DTYPE),
+        "bad_value": (
+            (~is_blank(VALUE, schema[VALUE]) & parse_float(VALUE, schema[VALUE]).is_null()) if has_value else pl.lit(False)
+        ),
+        "missing_event_type": is_blank(EVENT_TYPE, schema[EVENT_TYPE]) if has_event else pl.lit(False),
+        # Only rows whose key parsed can be duplicates; the first occurrence stays clean.
+        "duplicate": ~(missing_user | missing_item | bad_ts)
+        & ~pl.struct(_U, _I, _T, _E).is_first_distinct(),
+        "unknown_item": (~missing_item & ~pl.col(_I).is_in(known_items.implode())) if known_items is not None else pl.lit(False),
+    }
+    annotated = frame.with_columns(_problem_column(flags)).collect()
+    clean_exprs = [
+        pl.col(_U).alias(USER_ID),
+        pl.col(_I).alias(ITEM_ID),
+        pl.col(_T).alias(TIMESTAMP),
+        pl.col(_E).alias(EVENT_TYPE),
+        pl.col(_V).alias(VALUE),
+    ]
+    clean, quarantine = _split(annotated, original, clean_exprs)
+    return clean, quarantine, _summaries("interactions", quarantine, INTERACTION_PROBLEMS, n_examples)
+
+
+def _joint_int(frames: list[tuple[pl.LazyFrame | None, str]]) -> tuple[bool, bool]:
+    """Whether an id shared by several tables can be Int64 in all of them, and whether types disagreed."""
+    verdicts = [ids_are_integers(f, c, f.collect_schema()[c]) for f, c in frames if f is not None and c in f.collect_schema()]
+    return all(verdicts), len(set(verdicts)) > 1
+
+
+def validate(
+    raw: RawData,
+    *,
+    max_bad_fraction: float = 0.01,
+    as_of: datetime | None = None,
+    future_tolerance: timedelta = timedelta(days=1),
+    n_examples: int = 5,
+) -> ValidationResult:
+    """Validate and type a source's tables.
+
+    Args:
+        raw: an adapter's output.
+        max_bad_fraction: the largest acceptable fraction of bad rows in any table, in [0, 1].
+        as_of: "now" for the future-timestamp check (default: the current UTC time).
+        future_tolerance: clock skew allowed beyond ``as_of`` before a timestamp counts as future.
+        n_examples: example rows kept per problem in the report.
+
+    Returns:
+        Clean tables, quarantined rows (original values as text, ``_row`` = 1-based source row, ``problem``
+        = ";"-joined problem names) and the report. Does not raise on bad rows: check ``report.passed``.
+
+    Raises:
+        DataError: a required column is missing or a parameter is invalid.
+    """
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise DataError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
+    check_timestamp_format(raw.timestamp_format)
+    now = as_of or datetime.now(UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    latest_allowed = now + future_tolerance
+
+    user_int, user_mixed = _joint_int([(raw.interactions, USER_ID), (raw.users, USER_ID)])
+    item_int, item_mixed = _joint_int([(raw.interactions, ITEM_ID), (raw.items, ITEM_ID)])
+    notes = list(raw.notes)
+    if user_mixed:
+        notes.append("user ids are integers in one table and text in another: all typed as String")
+    if item_mixed:
+        notes.append("item ids are integers in one table and text in another: all typed as String")
+
+    problems: list[ProblemSummary] = []
+    warnings: list[ProblemSummary] = []
+    quarantine: dict[str, pl.DataFrame] = {}
+
+    known_items = None
+    if raw.items is not None:
+        items, quarantine["items"], p, w = _validate_items(raw.items, item_int, raw.timestamp_format, n_examples)
+        problems += p
+        warnings += w
+        known_items = items[ITEM_ID]
+    inter, quarantine["interactions"], p = _validate_interactions(
+        raw.interactions,
+        user_int=user_int,
+        item_int=item_int,
+        fmt=raw.timestamp_format,
+        latest_allowed=latest_allowed,
+        known_items=known_items,
+        n_examples=n_examples,
+    )
+    problems += p
+    if raw.items is None:
+        notes.append("the source has no item table: the catalog is the set of interacted items")
+        items = _items_from_interactions(inter)
+        quarantine["items"] = pl.DataFrame(schema={ROW: pl.UInt32, PROBLEM: pl.String})
+    if raw.users is not None:
+        users, quarantine["users"], p = _validate_users(raw.users, user_int, n_examples)
+        problems += p
+        without = inter.select(USER_ID).unique().join(users.select(USER_ID), on=USER_ID, how="anti")
+        if without.height:
+            warnings.append(
+                ProblemSummary(
+                    table="users",
+                    problem="interacting_users_without_user_row",
+                    count=without.height,
+                    examples=[{USER_ID: str(v)} for v in without[USER_ID].head(n_examples)],
+                )
+            )
+    else:
+        notes.append("the source has no user table: users have no attributes")
+        users = inter.select(USER_ID).unique().sort(USER_ID)
+        quarantine["users"] = pl.DataFrame(schema={ROW: pl.UInt32, PROBLEM: pl.String})
+
+    rows = {
+        "interactions": inter.height + quarantine["interactions"].height,
+        "items": items.height + quarantine["items"].height,
+        "users": users.height + quarantine["users"].height,
+    }
+    bad = {t: quarantine[t].height for t in TABLES}
+    frac = {t: (bad[t] / rows[t] if rows[t] else 0.0) for t in TABLES}
+    if rows["interactions"] == 0:
+        raise DataError(f"source '{raw.source}' has no interaction rows at all")
+    report = ValidationReport(
+        source=raw.source,
+        rows=rows,
+        bad_rows=bad,
+        bad_fraction=frac,
+        max_bad_fraction=max_bad_fraction,
+        passed=all(f <= max_bad_fraction for f in frac.values()) and inter.height > 0,
+        problems=problems,
+        warnings=warnings,
+        notes=notes,
+        clean_stats=_clean_stats(inter, items, users),
+    )
+    data = CanonicalData(interactions=inter.lazy(), items=items.lazy(), users=users.lazy())
+    return ValidationResult(data=data, quarantine=quarantine, report=report)
+
+
+def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
+    return (
+        inter.select(ITEM_ID)
+        .unique()
+        .sort(ITEM_ID)
+        .with_columns(
+            pl.lit(None, dtype=pl.String).alias(TITLE),
+            pl.lit([], dtype=CATEGORIES_DTYPE).alias(CATEGORIES),
+            pl.lit(None, dtype=TIMESTAMP_DTYPE).alias(CREATED_AT),
+        )
+    )
+
+
+def _clean_stats(inter: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> dict[str, int | float | str | None]:
+    n_u = inter[USER_ID].n_unique() if inter.height else 0
+    n_i = items.height
+    ts = inter[TIMESTAMP]
+    return {
+        "interactions": inter.height,
+        "interacting_users": n_u,
+        "users": users.height,
+        "items": n_i,
+        "interacted_items": inter[ITEM_ID].n_unique() if inter.height else 0,
+        "density": inter.height / (n_u * n_i) if n_u and n_i else 0.0,
+        "first_timestamp": str(ts.min()) if inter.height else None,
+        "last_timestamp": str(ts.max()) if inter.height else None,
+        "event_types": ", ".join(f"{r[EVENT_TYPE]}={r['len']}" for r in inter.group_by(EVENT_TYPE).len().sort(EVENT_TYPE).to_dicts()),
+    }
