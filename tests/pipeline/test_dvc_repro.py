@@ -1,0 +1,120 @@
+"""The real `dvc repro` (ingest + features through Papermill) in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.pipeline
+
+
+def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RECSTACK_ROOT", None)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _write_log(path: Path, n_users: int = 60, n_items: int = 40, per_user: int = 12, bad_rows: int = 0) -> None:
+    """A small generic event log (CSV) with an item table; `bad_rows` rows get an unparseable timestamp."""
+    rng = np.random.default_rng(0)
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    lines = ["uid,sku,ts,event"]
+    for u in range(n_users):
+        for k, i in enumerate(rng.choice(n_items, size=per_user, replace=False)):
+            ts = (t0 + timedelta(hours=int(u * 7 + k * 13))).isoformat()
+            lines.append(f"u{u},i{i},{ts},click")
+    for b in range(bad_rows):
+        lines[1 + b] = f"u{b},i0,not-a-time,click"
+    path.write_text("\n".join(lines) + "\n")
+    items = ["sku,name,genre"] + [f"i{i},Item {i} {['jazz', 'rock', 'pop'][i % 3]},{['jazz', 'rock', 'pop'][i % 3]}" for i in range(n_items)]
+    (path.parent / "items.csv").write_text("\n".join(items) + "\n")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git copy of the tracked project files, configured to read a tiny event log."""
+    dest = tmp_path_factory.mktemp("project")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, files.split("\0")):
+        if rel == "dvc.lock" or not (ROOT / rel).is_file():
+            continue  # the real lock file describes the default dataset; this copy starts fresh
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    data = dest / "tiny"
+    data.mkdir()
+    _write_log(data / "events.csv")
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"] = {
+        "source": "events",
+        "path": "tiny/events.csv",
+        "options": {
+            "columns": {"user_id": "uid", "item_id": "sku", "timestamp": "ts", "event_type": "event"},
+            "items_path": "tiny/items.csv",
+            "item_columns": {"item_id": "sku", "title": "name", "categories": "genre"},
+        },
+    }
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        _run(cmd, dest)
+    return dest
+
+
+def test_repro_runs_both_stages_and_writes_outputs(project: Path) -> None:
+    out = _run(["dvc", "repro", "features"], project).stdout
+    assert "Running stage 'ingest'" in out and "Running stage 'features'" in out
+    ingest = json.loads((project / "metrics" / "ingest.json").read_text())
+    assert ingest["interactions"] == 60 * 12 and ingest["bad_rows"] == 0
+    features = json.loads((project / "metrics" / "features.json").read_text())
+    # 12 interactions per user -> P1: floor(2.4 + .5) = 2 test each; train part 10 -> 2 valid each
+    assert features["test_interactions"] == 120 and features["valid_interactions"] == 120
+    assert features["evaluated_users"] == 60 and features["categories"] == 3
+    for stage in ("ingest", "features"):
+        report = project / "reports" / f"{stage}.ipynb"
+        assert report.is_file() and '"output_type"' in report.read_text()
+    assert (project / "artifacts" / "features" / "feature_spec.json").is_file()
+    assert (project / "plots" / "features" / "item_popularity.csv").is_file()
+    shown = _run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "test_interactions" in shown
+
+
+def test_second_repro_is_a_noop_and_status_clean(project: Path) -> None:
+    out = _run(["dvc", "repro", "features"], project).stdout
+    assert "Running stage" not in out
+    status = _run(["dvc", "status", "features"], project).stdout
+    assert "up to date" in status
+
+
+def test_changing_one_parameter_reruns_only_what_depends_on_it(project: Path) -> None:
+    params_path = project / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["features"]["history_length"] = 5
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(["dvc", "repro", "features"], project).stdout
+    assert "Running stage 'features'" in out and "Running stage 'ingest'" not in out
+    spec = json.loads((project / "artifacts" / "features" / "feature_spec.json").read_text())
+    assert spec["history_length"] == 5
+
+
+def test_failing_stage_names_stage_cell_and_problem(project: Path) -> None:
+    _write_log(project / "tiny" / "events.csv", bad_rows=100)
+    proc = _run(["dvc", "repro", "features"], project, check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "stage 'ingest' failed in cell" in text
+    assert "IngestError" in text and "bad_timestamp=100" in text
+    assert "reports/ingest.ipynb" in text
+    quarantine = project / "artifacts" / "ingest" / "quarantine" / "interactions.parquet"
+    assert quarantine.is_file()
