@@ -98,7 +98,9 @@ TITLE_NOUNS: tuple[str, ...] = (
     "River", "Hearts", "Shadows", "Tales", "Mission", "Legacy", "Files", "Songs", "Lessons", "Game", "Code",
     "Harbor", "Horizon", "Secrets", "Hour", "Club", "Diaries", "Affair",
 )  # fmt: skip
-BRAND_PREFIXES: tuple[str, ...] = ("North", "Blue", "Red", "Silver", "Bright", "Lumen", "Orbit", "Cedar", "Atlas", "Nova")
+BRAND_PREFIXES: tuple[str, ...] = (
+    "North", "Blue", "Red", "Silver", "Bright", "Lumen", "Orbit", "Cedar", "Atlas", "Nova",
+)  # fmt: skip
 BRAND_SUFFIXES: tuple[str, ...] = (" Studios", " Pictures", " Media", " Records", " Works")
 GENDERS: tuple[str, ...] = ("F", "M", "X")
 OCCUPATIONS: tuple[str, ...] = (
@@ -147,8 +149,10 @@ MIN_REGULAR_INTERACTIONS = 5  # regular users have at least this many; short his
 SHORT_HISTORY_RANGE = (1, 4)
 ACTIVITY_SIGMA = 1.1  # log-normal spread of regular users' activity: heavy-tailed
 MAX_USER_INTERACTIONS = 100_000  # cap on one user; must stay below the shortest regular span in seconds
+MAX_MEAN_INTERACTIONS = MAX_USER_INTERACTIONS // 20  # keeps the cap far in the tail of the activity law
 MIN_REGULAR_SPAN_DAYS = 3
-SPAN_BETA = (1.5, 1.0)  # share of the remaining period a regular user stays active
+START_BETA = (0.5, 1.0)  # when regular users start (share of the period): a user base, slowly growing ...
+SPAN_BETA = (1.0, 1.5)  # ... staying for a share of the rest: activity is roughly flat over the period
 SHORT_SPAN_SECONDS = (3_600, 3 * SECONDS_PER_DAY)  # short-history users come and go within hours/days
 SESSION_START_PROB = 0.2  # about five interactions per session
 GAP_WITHIN_SESSION = 1.0  # relative mean gaps: a session's events are close together ...
@@ -189,7 +193,9 @@ class SyntheticConfig(BaseModel):
 
     n_users: int = Field(3_000, gt=0, description="number of users (all of them interact)")
     n_items: int = Field(1_500, ge=2, description="catalog size, late items included")
-    n_interactions: int = Field(150_000, gt=0, description="target total, met approximately (~1%)")
+    n_interactions: int = Field(
+        150_000, gt=0, description="target total, met on average (a few % off for thousands of users)"
+    )
     n_categories: int = Field(18, ge=1, le=10 * len(GENRES), description="genre-like categories")
     n_clusters: int = Field(12, ge=1, le=1_000, description="latent taste clusters")
     popularity_exponent: float = Field(1.0, ge=0.0, le=3.0, description="Zipf exponent; 0 = uniform")
@@ -219,10 +225,10 @@ class SyntheticConfig(BaseModel):
                 f"have at least {MIN_REGULAR_INTERACTIONS} interactions, so about {minimum} are needed; "
                 "raise n_interactions or lower n_users"
             )
-        if _regular_mean(self) > MAX_USER_INTERACTIONS / 20:
+        if _regular_mean(self) > MAX_MEAN_INTERACTIONS:
             raise ValueError(
-                f"n_interactions / n_users = {self.n_interactions / self.n_users:.0f} per user is too many "
-                f"(at most {MAX_USER_INTERACTIONS // 20}); raise n_users"
+                f"n_interactions / n_users = {self.n_interactions / self.n_users:,.0f} per user is too many "
+                f"(at most about {MAX_MEAN_INTERACTIONS:,}); raise n_users or lower n_interactions"
             )
         per_chunk = min(self.chunk_users, self.n_users) * self.n_interactions / self.n_users
         if per_chunk > MAX_CHUNK_INTERACTIONS:
@@ -248,7 +254,9 @@ class SyntheticConfig(BaseModel):
 
 def _minimum_interactions(n_users: int, short_fraction: float) -> int:
     short_mean = sum(SHORT_HISTORY_RANGE) / 2
-    return math.ceil(n_users * (short_fraction * short_mean + (1 - short_fraction) * MIN_REGULAR_INTERACTIONS))
+    return math.ceil(
+        n_users * (short_fraction * short_mean + (1 - short_fraction) * MIN_REGULAR_INTERACTIONS)
+    )
 
 
 def _regular_mean(config: SyntheticConfig) -> float:
@@ -319,6 +327,9 @@ class _RowSampler:
         return np.clip(found, 0, self.last[rows])
 
 
+_EVENT_SAMPLER = _RowSampler.from_weights(EVENT_WEIGHTS)
+
+
 @dataclass(frozen=True)
 class _World:
     """Latent parameters shared by items and users (C clusters, K categories)."""
@@ -386,8 +397,10 @@ class _Items:
 def category_names(n_categories: int) -> list[str]:
     """Names of the first ``n_categories`` categories ("Action", ..., then "Action 2", ... past the list)."""
     genres = list(GENRES)
-    return [genres[k % len(genres)] + ("" if k < len(genres) else f" {k // len(genres) + 1}") for k in
-            range(n_categories)]  # fmt: skip
+    return [
+        genres[k % len(genres)] + ("" if k < len(genres) else f" {k // len(genres) + 1}")
+        for k in range(n_categories)
+    ]
 
 
 def _strings(values: list[str] | tuple[str, ...], indices: np.ndarray) -> pa.Array:
@@ -396,8 +409,11 @@ def _strings(values: list[str] | tuple[str, ...], indices: np.ndarray) -> pa.Arr
 
 
 def _timestamps(seconds_from_start: np.ndarray, config: SyntheticConfig) -> pa.Array:
-    origin = int(datetime(config.start_date.year, config.start_date.month, config.start_date.day,
-                          tzinfo=UTC).timestamp())  # fmt: skip
+    origin = int(
+        datetime(
+            config.start_date.year, config.start_date.month, config.start_date.day, tzinfo=UTC
+        ).timestamp()
+    )
     return pa.array((seconds_from_start + origin) * US_PER_SECOND, pa.timestamp("us", tz="UTC"))
 
 
@@ -408,7 +424,9 @@ def _period_seconds(config: SyntheticConfig) -> int:
 def _item_categories(rng: np.random.Generator, world: _World, primary: np.ndarray, k: int) -> pa.Array:
     """1-3 categories per item, the primary one first; extras come from the primary's neighbours."""
     n = primary.size
-    n_extra = rng.choice(len(EXTRA_CATEGORY_PROBS), size=n, p=EXTRA_CATEGORY_PROBS) if k > 1 else np.zeros(n, int)
+    n_extra = (
+        rng.choice(len(EXTRA_CATEGORY_PROBS), size=n, p=EXTRA_CATEGORY_PROBS) if k > 1 else np.zeros(n, int)
+    )
     first = world.cooccurrence.draw(rng, primary) if k > 1 else primary
     second = world.cooccurrence.draw(rng, primary) if k > 1 else primary
     n_extra = np.where((n_extra == 2) & (second == first), 1, n_extra)  # a repeat is dropped, not redrawn
@@ -419,7 +437,7 @@ def _item_categories(rng: np.random.Generator, world: _World, primary: np.ndarra
 
 
 def _item_titles(rng: np.random.Generator, primary: np.ndarray) -> pa.Array:
-    """"<Adjective> <theme word of the category> <Noun>", e.g. "Midnight Jazz Sessions"."""
+    """Titles "<Adjective> <theme word of the category> <Noun>", e.g. "Midnight Jazz Sessions"."""
     n = primary.size
     themes = list(GENRES.values())
     words_per_theme = len(themes[0])
@@ -433,7 +451,9 @@ def _item_titles(rng: np.random.Generator, primary: np.ndarray) -> pa.Array:
     return pc.binary_join_element_wise(*parts, " ")
 
 
-def _item_brands_prices(rng: np.random.Generator, world: _World, primary: np.ndarray) -> tuple[pa.Array, pa.Array]:
+def _item_brands_prices(
+    rng: np.random.Generator, world: _World, primary: np.ndarray
+) -> tuple[pa.Array, pa.Array]:
     n = primary.size
     brands = [p + s for p in BRAND_PREFIXES for s in BRAND_SUFFIXES]
     loyal = world.brand_start[primary] + rng.integers(0, BRANDS_PER_CATEGORY, size=n)
@@ -451,25 +471,36 @@ def _make_items(config: SyntheticConfig, world: _World) -> _Items:
     late = np.zeros(n, dtype=bool)
     late[rng.permutation(n)[: round(config.late_item_fraction * n)]] = True
     window_start = int((1 - config.late_item_window) * period)
-    created = np.where(late, rng.integers(window_start, period, size=n),
-                       -rng.integers(1, CATALOG_HISTORY_DAYS * SECONDS_PER_DAY, size=n))  # fmt: skip
-    peak = np.where(late, created + rng.uniform(*LATE_PEAK_DELAY_RANGE, size=n) * period,
-                    rng.uniform(*LIFECYCLE_PEAK_RANGE, size=n) * period)  # fmt: skip
-    width = period * np.where(late, rng.uniform(*LATE_WIDTH_RANGE, size=n), rng.uniform(*LIFECYCLE_WIDTH_RANGE, size=n))
+    created = np.where(
+        late,
+        rng.integers(window_start, period, size=n),
+        -rng.integers(1, CATALOG_HISTORY_DAYS * SECONDS_PER_DAY, size=n),
+    )
+    peak = np.where(
+        late,
+        created + rng.uniform(*LATE_PEAK_DELAY_RANGE, size=n) * period,
+        rng.uniform(*LIFECYCLE_PEAK_RANGE, size=n) * period,
+    )
+    width = period * np.where(
+        late, rng.uniform(*LATE_WIDTH_RANGE, size=n), rng.uniform(*LIFECYCLE_WIDTH_RANGE, size=n)
+    )
     base = np.where(late, base * LATE_NOVELTY_BOOST, base)
     categories = _item_categories(rng, world, primary, config.n_categories)
     title = _item_titles(rng, primary)
     brand, price = _item_brands_prices(rng, world, primary)
-    table = pa.table({
-        ITEM_ID: pa.array(np.arange(1, n + 1), pa.int64()),
-        TITLE: title,
-        CATEGORIES: categories,
-        CREATED_AT: _timestamps(created, config),
-        "brand": brand,
-        "price": price,
-    })  # fmt: skip
-    return _Items(primary=primary, home=home, base_weight=base, created=created, peak=peak, width=width,
-                  table=table)  # fmt: skip
+    table = pa.table(
+        {
+            ITEM_ID: pa.array(np.arange(1, n + 1), pa.int64()),
+            TITLE: title,
+            CATEGORIES: categories,
+            CREATED_AT: _timestamps(created, config),
+            "brand": brand,
+            "price": price,
+        }
+    )
+    return _Items(
+        primary=primary, home=home, base_weight=base, created=created, peak=peak, width=width, table=table
+    )
 
 
 # --- the item sampler -------------------------------------------------------------------------------------
@@ -508,7 +539,12 @@ class _ItemSampler:
 
 
 def _build_sampler(config: SyntheticConfig, world: _World, items: _Items) -> _ItemSampler:
-    c, k, b_count, period = config.n_clusters, config.n_categories, config.n_time_buckets, _period_seconds(config)
+    c, k, b_count, period = (
+        config.n_clusters,
+        config.n_categories,
+        config.n_time_buckets,
+        _period_seconds(config),
+    )
     n, g_count = config.n_items, k * c
     niche = items.primary * c + items.home
     order = np.lexsort((-items.created, niche))
@@ -516,12 +552,16 @@ def _build_sampler(config: SyntheticConfig, world: _World, items: _Items) -> _It
     sizes = np.bincount(niche, minlength=g_count)
     seg_end = np.cumsum(sizes)
     seg_start = seg_end - sizes
-    created, base, peak, width = (a[order] for a in (items.created, items.base_weight, items.peak, items.width))
+    created, base, peak, width = (
+        a[order] for a in (items.created, items.base_weight, items.peak, items.width)
+    )
     mass = np.zeros((b_count, g_count))
     item_keys = np.empty((b_count, n))
     for b in range(b_count):  # one loop per bucket bounds memory at a few item-sized arrays
         middle = (b + 0.5) * period / b_count
-        trend = (1 - config.drift_strength) + config.drift_strength * np.exp(-0.5 * ((middle - peak) / width) ** 2)
+        trend = (1 - config.drift_strength) + config.drift_strength * np.exp(
+            -0.5 * ((middle - peak) / width) ** 2
+        )
         # Integer test: released at or before the bucket's first second, hence before every timestamp in it.
         weight = base * trend * (created * b_count <= b * period)
         cum = np.concatenate([[0.0], np.cumsum(weight)])
@@ -532,10 +572,18 @@ def _build_sampler(config: SyntheticConfig, world: _World, items: _Items) -> _It
         item_keys[b] = b * g_count + niche_sorted + np.minimum(share, 1.0)
     niche_ids = np.arange(g_count)
     preference = np.ones((c + 1, g_count))  # the last row: global popularity
-    preference[:c] = world.taste[:, niche_ids // c] * np.where(niche_ids % c == np.arange(c)[:, None], HOME_ITEM_BOOST, 1.0)
+    preference[:c] = world.taste[:, niche_ids // c] * np.where(
+        niche_ids % c == np.arange(c)[:, None], HOME_ITEM_BOOST, 1.0
+    )
     weights = (preference[:, None, :] * mass[None, :, :]).reshape((c + 1) * b_count, g_count)
-    return _ItemSampler(niches=_RowSampler.from_weights(weights), item_keys=item_keys.ravel(), order=order,
-                        seg_start=seg_start, seg_end=seg_end, n_buckets=b_count)  # fmt: skip
+    return _ItemSampler(
+        niches=_RowSampler.from_weights(weights),
+        item_keys=item_keys.ravel(),
+        order=order,
+        seg_start=seg_start,
+        seg_end=seg_end,
+        n_buckets=b_count,
+    )
 
 
 # --- users --------------------------------------------------------------------------------------------
@@ -547,7 +595,10 @@ class _Latents:
 
 
 def _chunk_bounds(config: SyntheticConfig) -> list[tuple[int, int]]:
-    return [(lo, min(lo + config.chunk_users, config.n_users)) for lo in range(0, config.n_users, config.chunk_users)]
+    return [
+        (lo, min(lo + config.chunk_users, config.n_users))
+        for lo in range(0, config.n_users, config.chunk_users)
+    ]
 
 
 def _user_latents(config: SyntheticConfig, world: _World, chunk: int, n: int) -> _Latents:
@@ -572,8 +623,21 @@ def latent_user_clusters(config: SyntheticConfig | None = None) -> np.ndarray:
     """
     config = config or DEFAULT_CONFIG
     world = _make_world(config)
-    parts = [_user_latents(config, world, i, hi - lo).primary for i, (lo, hi) in enumerate(_chunk_bounds(config))]
+    parts = [
+        _user_latents(config, world, i, hi - lo).primary for i, (lo, hi) in enumerate(_chunk_bounds(config))
+    ]
     return np.concatenate(parts)
+
+
+_USER_SCHEMA = pa.schema(
+    [
+        (USER_ID, pa.int64()),
+        ("age", pa.int64()),
+        ("gender", pa.string()),
+        ("occupation", pa.string()),
+        ("region", pa.string()),
+    ]
+)
 
 
 def _user_table(rng: np.random.Generator, world: _World, primary: np.ndarray, first_id: int) -> pa.Table:
@@ -581,13 +645,15 @@ def _user_table(rng: np.random.Generator, world: _World, primary: np.ndarray, fi
     age = np.clip(np.rint(world.age_mean[primary] + AGE_SD * rng.standard_normal(n)), *AGE_RANGE)
     u = rng.random(n)
     gender = np.where(u < NONBINARY_PROB, 2, np.where(u < NONBINARY_PROB + world.female_prob[primary], 0, 1))
-    return pa.table({
-        USER_ID: pa.array(np.arange(first_id, first_id + n), pa.int64()),
-        "age": pa.array(age.astype(np.int64), pa.int64()),
-        "gender": _strings(GENDERS, gender),
-        "occupation": _strings(OCCUPATIONS, world.occupation.draw(rng, primary)),
-        "region": _strings(REGIONS, world.region.draw(rng, primary)),
-    })  # fmt: skip
+    return pa.table(
+        {
+            USER_ID: pa.array(np.arange(first_id, first_id + n), pa.int64()),
+            "age": pa.array(age.astype(np.int64), pa.int64()),
+            "gender": _strings(GENDERS, gender),
+            "occupation": _strings(OCCUPATIONS, world.occupation.draw(rng, primary)),
+            "region": _strings(REGIONS, world.region.draw(rng, primary)),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -602,11 +668,16 @@ def _user_activity(rng: np.random.Generator, config: SyntheticConfig, n: int) ->
     short = rng.random(n) < config.short_history_fraction
     # Regular counts: MIN + scale * LogNormal, rounded stochastically so the mean is exact.
     scale = (_regular_mean(config) - MIN_REGULAR_INTERACTIONS) / math.exp(ACTIVITY_SIGMA**2 / 2)
-    regular = MIN_REGULAR_INTERACTIONS + np.floor(scale * rng.lognormal(0.0, ACTIVITY_SIGMA, n) + rng.random(n))
-    counts = np.where(short, rng.integers(SHORT_HISTORY_RANGE[0], SHORT_HISTORY_RANGE[1] + 1, size=n),
-                      np.minimum(regular, MAX_USER_INTERACTIONS)).astype(np.int64)  # fmt: skip
+    regular = MIN_REGULAR_INTERACTIONS + np.floor(
+        scale * rng.lognormal(0.0, ACTIVITY_SIGMA, n) + rng.random(n)
+    )
+    counts = np.where(
+        short,
+        rng.integers(SHORT_HISTORY_RANGE[0], SHORT_HISTORY_RANGE[1] + 1, size=n),
+        np.minimum(regular, MAX_USER_INTERACTIONS),
+    ).astype(np.int64)
     min_span = min(MIN_REGULAR_SPAN_DAYS * SECONDS_PER_DAY, period)
-    regular_start = rng.integers(0, period - min_span + 1, size=n)
+    regular_start = np.floor((period - min_span) * rng.beta(*START_BETA, size=n))
     regular_length = min_span + np.floor((period - regular_start - min_span) * rng.beta(*SPAN_BETA, size=n))
     short_length = rng.integers(SHORT_SPAN_SECONDS[0], SHORT_SPAN_SECONDS[1] + 1, size=n)
     short_start = np.floor(rng.random(n) * (period - short_length + 1))
@@ -626,7 +697,9 @@ def _interaction_times(rng: np.random.Generator, activity: _Activity) -> np.ndar
     owner = np.repeat(np.arange(n_gaps.size), n_gaps)
     first = np.cumsum(n_gaps) - n_gaps
     new_session = rng.random(owner.size) < SESSION_START_PROB
-    gaps = rng.standard_exponential(owner.size) * np.where(new_session, GAP_BETWEEN_SESSIONS, GAP_WITHIN_SESSION)
+    gaps = rng.standard_exponential(owner.size) * np.where(
+        new_session, GAP_BETWEEN_SESSIONS, GAP_WITHIN_SESSION
+    )
     room = (activity.span_length - n_gaps) / np.add.reduceat(gaps, first)  # seconds left after 1 s per gap
     seconds = np.floor(gaps * room[owner]).astype(np.int64) + 1
     total = np.cumsum(seconds)
@@ -650,21 +723,22 @@ def _interaction_table(
     # Which taste this interaction follows: 0 primary cluster, 1 secondary, 2 global popularity.
     u, affinity = rng.random(user.size), latents.affinity[user]
     kind = np.where(u < affinity, 0, np.where(u < affinity + (1 - affinity) * SECONDARY_SHARE, 1, 2))
-    source = np.where(kind == 0, latents.primary[user], np.where(kind == 1, latents.secondary[user], config.n_clusters))
+    source = np.where(
+        kind == 0, latents.primary[user], np.where(kind == 1, latents.secondary[user], config.n_clusters)
+    )
     item = sampler.draw(rng, source, bucket)
     event = _EVENT_SAMPLER.draw(rng, kind)
     stars = np.clip(np.rint(RATING_MEANS[kind] + RATING_NOISE_SD * rng.standard_normal(user.size)), 1, 5)
     value = np.where(event == EVENT_TYPES.index(RATING_EVENT), stars, 1.0)
-    return pa.table({
-        USER_ID: pa.array(user + first_id, pa.int64()),
-        ITEM_ID: pa.array(item + 1, pa.int64()),
-        TIMESTAMP: _timestamps(times, config),
-        EVENT_TYPE: _strings(EVENT_TYPES, event),
-        VALUE: pa.array(value, pa.float64()),
-    })  # fmt: skip
-
-
-_EVENT_SAMPLER = _RowSampler.from_weights(EVENT_WEIGHTS)
+    return pa.table(
+        {
+            USER_ID: pa.array(user + first_id, pa.int64()),
+            ITEM_ID: pa.array(item + 1, pa.int64()),
+            TIMESTAMP: _timestamps(times, config),
+            EVENT_TYPE: _strings(EVENT_TYPES, event),
+            VALUE: pa.array(value, pa.float64()),
+        }
+    )
 
 
 # --- orchestration ----------------------------------------------------------------------------------------
@@ -699,10 +773,11 @@ def _write_options() -> dict[str, Any]:
 def _clear_interactions(path: Path) -> None:
     """Remove a previous run's interactions (a file or a directory of part files), never anything else."""
     if path.is_dir():
-        for part in path.glob("*.parquet"):
-            part.unlink()
-        if any(path.iterdir()):
+        parts = [p for p in path.iterdir() if p.is_file() and p.suffix == ".parquet"]
+        if len(parts) < sum(1 for _ in path.iterdir()):  # checked before deleting anything
             raise FileExistsError(f"{path} holds files other than *.parquet parts; remove them and rerun")
+        for part in parts:
+            part.unlink()
         path.rmdir()
     elif path.exists():
         path.unlink()
@@ -727,8 +802,8 @@ def generate_synthetic(
     """Generate a synthetic canonical dataset directory.
 
     Writes ``items.parquet``, ``users.parquet``, ``interactions.parquet/part-NNNNN.parquet`` (one part per
-    chunk of ``config.chunk_users`` users, rows ordered by user then time) and ``dataset.json``. A previous
-    dataset in ``out_dir`` is replaced. Memory is bounded by one chunk (~150 bytes per interaction) plus the
+    chunk of ``config.chunk_users`` users, rows ordered by user then time) and, last, ``dataset.json``. A
+    previous dataset in ``out_dir`` is replaced. Memory is bounded by one chunk (~150 bytes per interaction) plus the
     item sampling table (~8 bytes * n_items * n_time_buckets).
 
     Args:
@@ -744,24 +819,34 @@ def generate_synthetic(
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    catalog = _build_catalog(config)
-    pq.write_table(catalog.items.table, out / ITEMS_FILE, row_group_size=ROW_GROUP_ROWS, **_write_options())
+    # dataset.json is written last: its presence marks a complete dataset, so drop a previous one first.
+    (out / DATASET_INFO_FILE).unlink(missing_ok=True)
     parts_dir = out / INTERACTIONS_FILE
     _clear_interactions(parts_dir)
     parts_dir.mkdir()
+    catalog = _build_catalog(config)
+    pq.write_table(catalog.items.table, out / ITEMS_FILE, row_group_size=ROW_GROUP_ROWS, **_write_options())
     n_interactions = n_short = 0
     chunks = range(len(_chunk_bounds(config)))
     with pq.ParquetWriter(out / USERS_FILE, _USER_SCHEMA, **_write_options()) as users_writer:
         for chunk in tqdm(chunks, desc="synthetic chunks", unit="chunk", disable=not progress):
             users, interactions = _user_chunk(config, catalog, chunk)
             users_writer.write_table(users, row_group_size=ROW_GROUP_ROWS)
-            pq.write_table(interactions, parts_dir / PART_FILE.format(chunk), row_group_size=ROW_GROUP_ROWS,
-                           **_write_options())  # fmt: skip
+            pq.write_table(
+                interactions,
+                parts_dir / PART_FILE.format(chunk),
+                row_group_size=ROW_GROUP_ROWS,
+                **_write_options(),
+            )
             n_interactions += interactions.num_rows
             counts = pc.value_counts(interactions[USER_ID]).field("counts")
             n_short += int(pc.sum(pc.less_equal(counts, SHORT_HISTORY_RANGE[1])).as_py() or 0)
-    counts = {"users": config.n_users, "items": config.n_items, "interactions": n_interactions,
-              "parts": len(chunks)}  # fmt: skip
+    counts = {
+        "users": config.n_users,
+        "items": config.n_items,
+        "interactions": n_interactions,
+        "parts": len(chunks),
+    }
     info = _dataset_info(config, counts)
     (out / DATASET_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     seconds = time.perf_counter() - started
@@ -776,12 +861,6 @@ def generate_synthetic(
         "seconds": round(seconds, 3),
         "interactions_per_second": round(n_interactions / seconds) if seconds > 0 else None,
     }
-
-
-_USER_SCHEMA = pa.schema([
-    (USER_ID, pa.int64()), ("age", pa.int64()), ("gender", pa.string()), ("occupation", pa.string()),
-    ("region", pa.string()),
-])  # fmt: skip
 
 
 def generate_default(out_dir: str | Path, *, progress: bool = False) -> dict[str, Any]:
