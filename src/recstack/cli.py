@@ -19,15 +19,10 @@ from recstack.data.schema import DataError
 
 
 def _cmd_default(args: argparse.Namespace) -> int:
-    from recstack.data.synthetic import generate_default
-    from recstack.paths import DEFAULT_DATASET_DIR, project_root
+    from recstack.data.embedded import ensure_default_dataset
+    from recstack.paths import project_root
 
-    out = project_root() / DEFAULT_DATASET_DIR
-    if (out / "interactions.parquet").exists() and not args.force:
-        print(f"embedded dataset present: {out}")
-        return 0
-    summary = generate_default(out)
-    print(f"embedded dataset generated: {out} ({json.dumps(summary, default=str)})")
+    print(ensure_default_dataset(project_root(), force=args.force))
     return 0
 
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,17 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.pipeline.conftest import copy_project, git_commit_all, run
+
 pytestmark = pytest.mark.pipeline
-
-
-def _run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RECSTACK_ROOT", None)
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def _write_log(path: Path, n_users: int = 60, n_items: int = 40, per_user: int = 12, bad_rows: int = 0) -> None:
@@ -46,13 +34,8 @@ def _write_log(path: Path, n_users: int = 60, n_items: int = 40, per_user: int =
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git copy of the tracked project files, configured to read a tiny event log."""
-    dest = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for rel in filter(None, files.split("\0")):
-        if rel == "dvc.lock" or not (ROOT / rel).is_file():
-            continue  # the real lock file describes the default dataset; this copy starts fresh
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
+    # The real lock file describes the default dataset; this copy starts without one.
+    dest = copy_project(tmp_path_factory.mktemp("project"), keep_lock=False)
     data = dest / "tiny"
     data.mkdir()
     _write_log(data / "events.csv")
@@ -67,13 +50,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
     }
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        _run(cmd, dest)
+    git_commit_all(dest)
     return dest
 
 
 def test_repro_runs_both_stages_and_writes_outputs(project: Path) -> None:
-    out = _run(["dvc", "repro", "features"], project).stdout
+    out = run(["dvc", "repro", "features"], project).stdout
     assert "Running stage 'ingest'" in out and "Running stage 'features'" in out
     ingest = json.loads((project / "metrics" / "ingest.json").read_text())
     assert ingest["interactions"] == 60 * 12 and ingest["bad_rows"] == 0
@@ -86,14 +68,14 @@ def test_repro_runs_both_stages_and_writes_outputs(project: Path) -> None:
         assert report.is_file() and '"output_type"' in report.read_text()
     assert (project / "artifacts" / "features" / "feature_spec.json").is_file()
     assert (project / "plots" / "features" / "item_popularity.csv").is_file()
-    shown = _run(["dvc", "metrics", "show", "--json"], project).stdout
+    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "test_interactions" in shown
 
 
 def test_second_repro_is_a_noop_and_status_clean(project: Path) -> None:
-    out = _run(["dvc", "repro", "features"], project).stdout
+    out = run(["dvc", "repro", "features"], project).stdout
     assert "Running stage" not in out
-    status = _run(["dvc", "status", "features"], project).stdout
+    status = run(["dvc", "status", "features"], project).stdout
     assert "up to date" in status
 
 
@@ -102,7 +84,7 @@ def test_changing_one_parameter_reruns_only_what_depends_on_it(project: Path) ->
     params = yaml.safe_load(params_path.read_text())
     params["features"]["history_length"] = 5
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(["dvc", "repro", "features"], project).stdout
+    out = run(["dvc", "repro", "features"], project).stdout
     assert "Running stage 'features'" in out and "Running stage 'ingest'" not in out
     spec = json.loads((project / "artifacts" / "features" / "feature_spec.json").read_text())
     assert spec["history_length"] == 5
@@ -110,7 +92,7 @@ def test_changing_one_parameter_reruns_only_what_depends_on_it(project: Path) ->
 
 def test_failing_stage_names_stage_cell_and_problem(project: Path) -> None:
     _write_log(project / "tiny" / "events.csv", bad_rows=100)
-    proc = _run(["dvc", "repro", "features"], project, check=False)
+    proc = run(["dvc", "repro", "features"], project, check=False)
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "stage 'ingest' failed in cell" in text
