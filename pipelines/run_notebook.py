@@ -110,7 +110,9 @@ def run_stage(
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.run_notebook", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.run_notebook", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("stage", help="stage name: runs notebooks/<stage>.ipynb")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("-P", "--param-from", nargs=2, action="append", default=[], metavar=("NAME", "KEY"))

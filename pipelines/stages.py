@@ -18,7 +18,9 @@ def dvc_stage_parameters(dvc_yaml: Path) -> dict[str, list[str]]:
         words = shlex.split(" ".join(str(stage["cmd"]).split()))
         if "pipelines.run_notebook" not in words:
             continue
-        out[name] = [words[i + 1] for i, w in enumerate(words) if w in ("-p", "--param", "-P", "--param-from")]
+        out[name] = [
+            words[i + 1] for i, w in enumerate(words) if w in ("-p", "--param", "-P", "--param-from")
+        ]
     return out
 
 

@@ -27,21 +27,26 @@ def _cmd_default(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from recstack.data.synthetic import DEFAULT_CONFIG, generate_synthetic
+    from recstack.data.synthetic import DEFAULT_CONFIG, SyntheticConfig, generate_synthetic
 
-    overrides = {k: v for k, v in vars(args).items() if k in DEFAULT_CONFIG.model_fields and v is not None}
-    config = DEFAULT_CONFIG.model_copy(update=overrides)
-    config = type(DEFAULT_CONFIG).model_validate(config.model_dump())  # re-validate the overrides
+    fields = SyntheticConfig.model_fields
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    # Validated construction (model_copy would skip validation of the overrides).
+    config = SyntheticConfig.model_validate({**DEFAULT_CONFIG.model_dump(), **overrides})
     summary = generate_synthetic(args.out, config, progress=True)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from recstack.data.download import download_movielens
+    from recstack.data.download import archive_name, download_movielens
 
     path = download_movielens(args.name, args.dest, url=args.url, checksum=args.checksum)
-    print(f"{args.name} ready at {path}\nuse: dvc exp run -S data.source={args.name.rsplit('-small', 1)[0]} -S data.path={path.resolve()}")
+    # ml-latest-small has the same format as ml-latest: one adapter reads both.
+    source = "movielens-" + archive_name(args.name).removeprefix("ml-").removesuffix("-small")
+    print(
+        f"{args.name} ready at {path}\nuse: dvc exp run -S data.source={source} -S data.path={path.resolve()}"
+    )
     return 0
 
 
@@ -59,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="recstack", description="recstack command line")
     sub = parser.add_subparsers(dest="group", required=True)
-    data = sub.add_parser("data", help="datasets: generate, download, validate").add_subparsers(dest="cmd", required=True)
+    data = sub.add_parser("data", help="datasets: generate, download, validate").add_subparsers(
+        dest="cmd", required=True
+    )
 
     p = data.add_parser("default", help="create the embedded default dataset (data/raw/synthetic) if missing")
     p.add_argument("--force", action="store_true", help="regenerate even if present")
@@ -72,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = data.add_parser("download", help="download and verify a MovieLens archive")
-    p.add_argument("name", help="movielens-100k, movielens-1m, movielens-20m, movielens-25m, movielens-latest-small, movielens-latest")
+    p.add_argument(
+        "name",
+        help="movielens-100k, movielens-1m, movielens-20m, movielens-25m, movielens-latest-small, movielens-latest",
+    )
     p.add_argument("dest", type=Path)
     p.add_argument("--url", help="mirror URL or local path (file:// works)")
     p.add_argument("--checksum", help="expected checksum, e.g. sha256:<hex> or md5:<hex>")

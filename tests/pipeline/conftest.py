@@ -15,7 +15,9 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> s
     """Run a command with the project's venv first on PATH; on failure, raise with its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RECSTACK_ROOT", None)
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -23,7 +25,9 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> s
 
 def copy_project(dest: Path, keep_lock: bool = True) -> Path:
     """Copy the git-tracked files to ``dest`` and make it a fresh git repository (what a clone holds)."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     for rel in filter(None, files.split("\0")):
         if (rel == "dvc.lock" and not keep_lock) or not (ROOT / rel).is_file():
             continue

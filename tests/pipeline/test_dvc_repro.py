@@ -15,7 +15,9 @@ from tests.pipeline.conftest import copy_project, git_commit_all, run
 pytestmark = pytest.mark.pipeline
 
 
-def _write_log(path: Path, n_users: int = 60, n_items: int = 40, per_user: int = 12, bad_rows: int = 0) -> None:
+def _write_log(
+    path: Path, n_users: int = 60, n_items: int = 40, per_user: int = 12, bad_rows: int = 0
+) -> None:
     """A small generic event log (CSV) with an item table; `bad_rows` rows get an unparseable timestamp."""
     rng = np.random.default_rng(0)
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -27,7 +29,10 @@ def _write_log(path: Path, n_users: int = 60, n_items: int = 40, per_user: int =
     for b in range(bad_rows):
         lines[1 + b] = f"u{b},i0,not-a-time,click"
     path.write_text("\n".join(lines) + "\n")
-    items = ["sku,name,genre"] + [f"i{i},Item {i} {['jazz', 'rock', 'pop'][i % 3]},{['jazz', 'rock', 'pop'][i % 3]}" for i in range(n_items)]
+    items = ["sku,name,genre"] + [
+        f"i{i},Item {i} {['jazz', 'rock', 'pop'][i % 3]},{['jazz', 'rock', 'pop'][i % 3]}"
+        for i in range(n_items)
+    ]
     (path.parent / "items.csv").write_text("\n".join(items) + "\n")
 
 

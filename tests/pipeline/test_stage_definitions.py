@@ -7,7 +7,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from pipelines.run_notebook import lookup
 from pipelines.stages import dvc_stage_parameters, notebook_parameter_names
 
@@ -23,7 +22,9 @@ def test_notebook_stages_are_found() -> None:
 def test_every_passed_parameter_exists_in_the_parameters_cell(stage: str) -> None:
     declared = set(notebook_parameter_names(ROOT / "notebooks" / f"{stage}.ipynb"))
     passed = set(STAGES[stage])
-    assert passed <= declared, f"{stage}: dvc.yaml passes {sorted(passed - declared)} not in the parameters cell"
+    assert passed <= declared, (
+        f"{stage}: dvc.yaml passes {sorted(passed - declared)} not in the parameters cell"
+    )
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))

@@ -47,14 +47,20 @@ def test_numeric_encoder_standardizes_and_buckets() -> None:
 
 
 def test_title_tokens_drop_unknown() -> None:
-    df = pl.DataFrame({"t": ["Blue Train", "Kind of Blue", None]}).with_columns(tok=tokenize_expr(pl.col("t")))
+    df = pl.DataFrame({"t": ["Blue Train", "Kind of Blue", None]}).with_columns(
+        tok=tokenize_expr(pl.col("t"))
+    )
     vocab = Vocabulary.fit(pl.Series("tok", ["blue", "blue", "train"]), "tok")
     assert df.select(list_lookup_expr(vocab, pl.col("tok")))["tok"].to_list() == [[1, 2], [1], []]
 
 
 def _inter(rows: list[tuple[int, int, int]]) -> pl.LazyFrame:
     return pl.LazyFrame(
-        {"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows], "timestamp": [T0 + timedelta(days=r[2]) for r in rows]},
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "timestamp": [T0 + timedelta(days=r[2]) for r in rows],
+        },
         schema_overrides={"timestamp": pl.Datetime("us", "UTC")},
     )
 
@@ -89,7 +95,9 @@ def test_features_stage_on_ml100k(ml100k_path: Path, tmp_path: Path) -> None:
     u = users.filter(pl.col("user_id") == 1)
     last = fit.filter(pl.col("user_id") == 1).sort(["timestamp", "item_id"]).tail(20)["item_idx"].to_list()
     assert u["history"].item().to_list() == last
-    test_items = set(inter.filter((pl.col("split") == "test") & (pl.col("user_id") == 1))["item_idx"].to_list())
+    test_items = set(
+        inter.filter((pl.col("split") == "test") & (pl.col("user_id") == 1))["item_idx"].to_list()
+    )
     assert not test_items & set(last)
     # Encoded user attributes: occupation / gender / region are categorical, zip is replaced by region.
     assert {"occupation", "gender", "region"} <= set(res.spec.user_categorical)
@@ -99,7 +107,9 @@ def test_features_stage_on_ml100k(ml100k_path: Path, tmp_path: Path) -> None:
     assert spec.model_dump() == res.spec.model_dump()
     # The online path: an unknown user with a known occupation gets index 0 for the id, a real index for
     # the occupation, through the same encode_users used offline.
-    online = encode_users(spec, pl.LazyFrame({"user_id": [999_999], "occupation": ["engineer"], "zip_code": ["94110"]})).collect()
+    online = encode_users(
+        spec, pl.LazyFrame({"user_id": [999_999], "occupation": ["engineer"], "zip_code": ["94110"]})
+    ).collect()
     assert online["user_idx"].item() == 0
     assert online["occupation_idx"].item() == spec.user_categorical["occupation"].lookup(["engineer"])[0] > 0
     assert online["region_idx"].item() == spec.user_categorical["region"].lookup(["9"])[0]

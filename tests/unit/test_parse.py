@@ -34,7 +34,9 @@ def test_epoch_and_strftime() -> None:
     assert out[:2] == [datetime(2000, 12, 31, 22, 12, 40, tzinfo=UTC)] * 2 and out[2:] == [None, None]
     ms = pl.DataFrame({"t": [978300760000]}).select(parse_timestamp("t", pl.Int64, "unix_ms"))["t"].item()
     assert ms == datetime(2000, 12, 31, 22, 12, 40, tzinfo=UTC)
-    custom = pl.DataFrame({"t": ["02/01/2021 10:00"]}).select(parse_timestamp("t", pl.String, "%d/%m/%Y %H:%M"))
+    custom = pl.DataFrame({"t": ["02/01/2021 10:00"]}).select(
+        parse_timestamp("t", pl.String, "%d/%m/%Y %H:%M")
+    )
     assert custom["t"].item() == datetime(2021, 1, 2, 10, tzinfo=UTC)
 
 

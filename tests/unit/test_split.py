@@ -10,8 +10,8 @@ import pytest
 
 from recstack.data.ingest import ingest
 from recstack.data.io import read_canonical
-from recstack.data.split import dedupe_pairs, make_split, split_counts
 from recstack.data.schema import DataError
+from recstack.data.split import dedupe_pairs, make_split, split_counts
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -64,7 +64,9 @@ def broken_log(tmp_path: Path) -> dict:
 
 def test_every_problem_kind_is_counted_and_quarantined(tmp_path: Path, broken_log: dict) -> None:
     out = tmp_path / "out"
-    result = ingest("events", tmp_path / "events.csv", out, options=broken_log, max_bad_fraction=0.9, as_of=AS_OF)
+    result = ingest(
+        "events", tmp_path / "events.csv", out, options=broken_log, max_bad_fraction=0.9, as_of=AS_OF
+    )
     report = result.report
     counts = {(p.table, p.problem): p.count for p in report.problems}
     for problem in INTERACTION_PROBLEMS:
@@ -103,7 +105,9 @@ def test_stage_fails_above_threshold_with_a_clear_message(tmp_path: Path, broken
 
 
 def test_future_check_uses_as_of_and_tolerance() -> None:
-    inter = pl.LazyFrame({"user_id": [1, 2], "item_id": [1, 1], "timestamp": ["2024-01-01T12:00:00", "2024-01-03T00:00:00"]})
+    inter = pl.LazyFrame(
+        {"user_id": [1, 2], "item_id": [1, 1], "timestamp": ["2024-01-01T12:00:00", "2024-01-03T00:00:00"]}
+    )
     raw = RawData(inter, timestamp_format="iso")
     as_of = datetime(2024, 1, 1, tzinfo=UTC)
     r = validate(raw, as_of=as_of, max_bad_fraction=1.0)

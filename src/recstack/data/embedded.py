@@ -52,6 +52,7 @@ def ensure_default_dataset(root: Path, force: bool = False) -> str:
         cwd=root,
         capture_output=True,
         text=True,
+        check=False,  # the return code is reported below with DVC's own message
     )
     actual = _tracked_md5(dvc_file)
     dvc_file.write_text(original)  # data.dvc is the record; this function never rewrites it

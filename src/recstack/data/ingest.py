@@ -42,7 +42,9 @@ def _parse_as_of(as_of: str | datetime | None) -> datetime | None:
     try:
         parsed = datetime.fromisoformat(str(as_of))
     except ValueError as exc:
-        raise DataError(f"ingest.as_of must be an ISO-8601 date/time such as 2024-01-31, got {as_of!r}") from exc
+        raise DataError(
+            f"ingest.as_of must be an ISO-8601 date/time such as 2024-01-31, got {as_of!r}"
+        ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

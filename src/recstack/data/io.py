@@ -55,7 +55,9 @@ def scan_canonical(directory: str | Path, source: str = "canonical") -> RawData:
         raise DataError(f"{d} has no {INTERACTIONS_FILE}: not a canonical dataset directory")
     items = _scan(d / ITEMS_FILE) if (d / ITEMS_FILE).exists() else None
     users = _scan(d / USERS_FILE) if (d / USERS_FILE).exists() else None
-    return RawData(interactions=_scan(inter), items=items, users=users, timestamp_format="unix_s", source=source)
+    return RawData(
+        interactions=_scan(inter), items=items, users=users, timestamp_format="unix_s", source=source
+    )
 
 
 def write_canonical(data: CanonicalData, directory: str | Path, info: dict[str, Any] | None = None) -> None:

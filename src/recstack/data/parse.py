@@ -121,6 +121,8 @@ def cast_id(column: str, dtype: pl.DataType, as_int: bool) -> pl.Expr:
     if as_int:
         if dtype == pl.String:
             col = col.str.strip_chars()
-        return col.cast(pl.Float64 if dtype.is_float() else pl.Int64, strict=False).cast(pl.Int64, strict=False)
+        return col.cast(pl.Float64 if dtype.is_float() else pl.Int64, strict=False).cast(
+            pl.Int64, strict=False
+        )
     text = col.cast(pl.String)
     return pl.when(text.str.strip_chars() != "").then(text)

@@ -38,9 +38,8 @@ def dedupe_pairs(interactions: pl.DataFrame) -> pl.DataFrame:
     Ties on the latest timestamp keep the row that comes last in (timestamp, event_type, value) order, so
     the result does not depend on input order.
     """
-    return (
-        interactions.sort([USER_ID, ITEM_ID, TIMESTAMP, "event_type", "value"])
-        .unique(subset=[USER_ID, ITEM_ID], keep="last", maintain_order=True)
+    return interactions.sort([USER_ID, ITEM_ID, TIMESTAMP, "event_type", "value"]).unique(
+        subset=[USER_ID, ITEM_ID], keep="last", maintain_order=True
     )
 
 
@@ -55,14 +54,19 @@ def _tail_count(n: pl.Expr, fraction: float, minimum: int) -> pl.Expr:
 
 
 def split_per_user_temporal(
-    interactions: pl.DataFrame, test_fraction: float = 0.2, valid_fraction: float = 0.2, min_user_interactions: int = 5
+    interactions: pl.DataFrame,
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.2,
+    min_user_interactions: int = 5,
 ) -> pl.DataFrame:
     """Protocol P1's per-user temporal split (see module docstring). Returns rows in (user, time, item) order."""
     df = _canonical_order(interactions)
     pos = pl.int_range(pl.len()).over(USER_ID)
     n = pl.len().over(USER_ID)
     df = df.with_columns(pos.alias("__pos"), n.alias("__n"))
-    df = df.with_columns((pl.col("__n") - _tail_count(pl.col("__n"), test_fraction, min_user_interactions)).alias("__m"))
+    df = df.with_columns(
+        (pl.col("__n") - _tail_count(pl.col("__n"), test_fraction, min_user_interactions)).alias("__m")
+    )
     n_valid = _tail_count(pl.col("__m"), valid_fraction, min_user_interactions)
     split = (
         pl.when(pl.col("__pos") >= pl.col("__m"))
@@ -100,8 +104,12 @@ def split_global_temporal(
     cut = _as_utc(cutoff) if cutoff is not None else _quantile_time(ts, 1.0 - test_fraction)
     train_ts = ts.filter(ts < cut)
     if train_ts.len() == 0:
-        raise DataError(f"global_temporal split: no interaction before the cut-off {cut}; choose a later cutoff")
-    vcut = _as_utc(valid_cutoff) if valid_cutoff is not None else _quantile_time(train_ts, 1.0 - valid_fraction)
+        raise DataError(
+            f"global_temporal split: no interaction before the cut-off {cut}; choose a later cutoff"
+        )
+    vcut = (
+        _as_utc(valid_cutoff) if valid_cutoff is not None else _quantile_time(train_ts, 1.0 - valid_fraction)
+    )
     t = pl.col(TIMESTAMP)
     split = (
         pl.when(t >= pl.lit(cut, dtype=TIMESTAMP_DTYPE))

@@ -26,7 +26,14 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 from pydantic import BaseModel, Field
 
-from recstack.data.parse import cast_id, check_timestamp_format, ids_are_integers, is_blank, parse_float, parse_timestamp
+from recstack.data.parse import (
+    cast_id,
+    check_timestamp_format,
+    ids_are_integers,
+    is_blank,
+    parse_float,
+    parse_timestamp,
+)
 from recstack.data.schema import (
     CATEGORIES,
     CATEGORIES_DTYPE,
@@ -103,7 +110,8 @@ class ValidationReport(BaseModel):
         where = f" Report: {report_path}." if report_path else ""
         where += f" Bad rows kept in: {quarantine_dir}." if quarantine_dir else ""
         return (
-            f"validation of source '{self.source}' failed: " + "; ".join(parts)
+            f"validation of source '{self.source}' failed: "
+            + "; ".join(parts)
             + f", above the threshold max_bad_fraction={self.max_bad_fraction:.2%}.{where} Fix the source "
             "(or its column mapping / timestamp_format), or raise ingest.max_bad_fraction if these rows are "
             "expected."
@@ -144,14 +152,20 @@ def _as_text(column: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(column).cast(pl.String)
 
 
-def _split(annotated: pl.DataFrame, original: list[str], clean_exprs: list[pl.Expr]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _split(
+    annotated: pl.DataFrame, original: list[str], clean_exprs: list[pl.Expr]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     bad = annotated.filter(pl.col(PROBLEM).is_not_null())
-    quarantine = bad.select(pl.col(ROW), pl.col(PROBLEM), *[_as_text(c, annotated.schema[c]) for c in original])
+    quarantine = bad.select(
+        pl.col(ROW), pl.col(PROBLEM), *[_as_text(c, annotated.schema[c]) for c in original]
+    )
     clean = annotated.filter(pl.col(PROBLEM).is_null()).select(clean_exprs)
     return clean, quarantine
 
 
-def _summaries(table: str, quarantine: pl.DataFrame, problems: tuple[str, ...], n_examples: int) -> list[ProblemSummary]:
+def _summaries(
+    table: str, quarantine: pl.DataFrame, problems: tuple[str, ...], n_examples: int
+) -> list[ProblemSummary]:
     out = []
     for problem in problems:
         rows = quarantine.filter(pl.col(PROBLEM).str.split(";").list.contains(problem))
@@ -161,11 +175,15 @@ def _summaries(table: str, quarantine: pl.DataFrame, problems: tuple[str, ...], 
     return out
 
 
-def _validate_items(items: pl.LazyFrame, as_int: bool, fmt: str, n_examples: int) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary], list[ProblemSummary]]:
+def _validate_items(
+    items: pl.LazyFrame, as_int: bool, fmt: str, n_examples: int
+) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary], list[ProblemSummary]]:
     schema = items.collect_schema()
     _require(schema, "items", (ITEM_ID,))
     original = list(schema.names())
-    frame = items.with_row_index(ROW, offset=1).with_columns(cast_id(ITEM_ID, schema[ITEM_ID], as_int).alias(_I))
+    frame = items.with_row_index(ROW, offset=1).with_columns(
+        cast_id(ITEM_ID, schema[ITEM_ID], as_int).alias(_I)
+    )
     missing = is_blank(ITEM_ID, schema[ITEM_ID]) | pl.col(_I).is_null()
     flags = {"missing_item_id": missing, "duplicate_item_id": ~missing & ~pl.col(_I).is_first_distinct()}
     annotated = frame.with_columns(_problem_column(flags)).collect()
@@ -179,28 +197,53 @@ def _validate_items(items: pl.LazyFrame, as_int: bool, fmt: str, n_examples: int
     else:
         cats = pl.col(CATEGORIES).cast(CATEGORIES_DTYPE)
     cats = cats.fill_null(pl.lit([], dtype=CATEGORIES_DTYPE))
-    created = parse_timestamp(CREATED_AT, schema[CREATED_AT], fmt) if CREATED_AT in schema else pl.lit(None, dtype=TIMESTAMP_DTYPE)
+    created = (
+        parse_timestamp(CREATED_AT, schema[CREATED_AT], fmt)
+        if CREATED_AT in schema
+        else pl.lit(None, dtype=TIMESTAMP_DTYPE)
+    )
     extra = [pl.col(c) for c in original if c not in (ITEM_ID, TITLE, CATEGORIES, CREATED_AT)]
-    clean_exprs = [pl.col(_I).alias(ITEM_ID), title.alias(TITLE), cats.alias(CATEGORIES), created.alias(CREATED_AT), *extra]
+    clean_exprs = [
+        pl.col(_I).alias(ITEM_ID),
+        title.alias(TITLE),
+        cats.alias(CATEGORIES),
+        created.alias(CREATED_AT),
+        *extra,
+    ]
     clean, quarantine = _split(annotated, original, clean_exprs)
 
     warnings = []
     if CREATED_AT in schema:
-        raw_ok = ~is_blank(CREATED_AT, schema[CREATED_AT]) if schema[CREATED_AT] == pl.String else pl.col(CREATED_AT).is_not_null()
+        raw_ok = (
+            ~is_blank(CREATED_AT, schema[CREATED_AT])
+            if schema[CREATED_AT] == pl.String
+            else pl.col(CREATED_AT).is_not_null()
+        )
         unparsed = annotated.filter(pl.col(PROBLEM).is_null() & raw_ok & created.is_null())
         if unparsed.height:
-            ex = unparsed.select(pl.col(ROW), pl.col(ITEM_ID).cast(pl.String), pl.col(CREATED_AT).cast(pl.String))
+            ex = unparsed.select(
+                pl.col(ROW), pl.col(ITEM_ID).cast(pl.String), pl.col(CREATED_AT).cast(pl.String)
+            )
             warnings.append(
-                ProblemSummary(table="items", problem="unparseable_created_at_set_null", count=unparsed.height, examples=ex.head(n_examples).to_dicts())
+                ProblemSummary(
+                    table="items",
+                    problem="unparseable_created_at_set_null",
+                    count=unparsed.height,
+                    examples=ex.head(n_examples).to_dicts(),
+                )
             )
     return clean, quarantine, _summaries("items", quarantine, ITEM_PROBLEMS, n_examples), warnings
 
 
-def _validate_users(users: pl.LazyFrame, as_int: bool, n_examples: int) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary]]:
+def _validate_users(
+    users: pl.LazyFrame, as_int: bool, n_examples: int
+) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary]]:
     schema = users.collect_schema()
     _require(schema, "users", (USER_ID,))
     original = list(schema.names())
-    frame = users.with_row_index(ROW, offset=1).with_columns(cast_id(USER_ID, schema[USER_ID], as_int).alias(_U))
+    frame = users.with_row_index(ROW, offset=1).with_columns(
+        cast_id(USER_ID, schema[USER_ID], as_int).alias(_U)
+    )
     missing = is_blank(USER_ID, schema[USER_ID]) | pl.col(_U).is_null()
     flags = {"missing_user_id": missing, "duplicate_user_id": ~missing & ~pl.col(_U).is_first_distinct()}
     annotated = frame.with_columns(_problem_column(flags)).collect()
@@ -228,7 +271,9 @@ def _validate_interactions(
         cast_id(ITEM_ID, schema[ITEM_ID], item_int).alias(_I),
         parse_timestamp(TIMESTAMP, schema[TIMESTAMP], fmt).alias(_T),
         # A missing value means "an event happened": implicit feedback of weight 1.
-        (parse_float(VALUE, schema[VALUE]) if has_value else pl.lit(None, dtype=pl.Float64)).fill_null(1.0).alias(_V),
+        (parse_float(VALUE, schema[VALUE]) if has_value else pl.lit(None, dtype=pl.Float64))
+        .fill_null(1.0)
+        .alias(_V),
         (pl.col(EVENT_TYPE).cast(pl.String) if has_event else pl.lit(DEFAULT_EVENT_TYPE)).alias(_E),
     )
     missing_user = is_blank(USER_ID, schema[USER_ID]) | pl.col(_U).is_null()
@@ -240,13 +285,16 @@ def _validate_interactions(
         "bad_timestamp": bad_ts,
         "future_timestamp": pl.col(_T) > pl.lit(latest_allowed, dtype=TIMESTAMP_DTYPE),
         "bad_value": (
-            (~is_blank(VALUE, schema[VALUE]) & parse_float(VALUE, schema[VALUE]).is_null()) if has_value else pl.lit(False)
+            (~is_blank(VALUE, schema[VALUE]) & parse_float(VALUE, schema[VALUE]).is_null())
+            if has_value
+            else pl.lit(False)
         ),
         "missing_event_type": is_blank(EVENT_TYPE, schema[EVENT_TYPE]) if has_event else pl.lit(False),
         # Only rows whose key parsed can be duplicates; the first occurrence stays clean.
-        "duplicate": ~(missing_user | missing_item | bad_ts)
-        & ~pl.struct(_U, _I, _T, _E).is_first_distinct(),
-        "unknown_item": (~missing_item & ~pl.col(_I).is_in(known_items.implode())) if known_items is not None else pl.lit(False),
+        "duplicate": ~(missing_user | missing_item | bad_ts) & ~pl.struct(_U, _I, _T, _E).is_first_distinct(),
+        "unknown_item": (~missing_item & ~pl.col(_I).is_in(known_items.implode()))
+        if known_items is not None
+        else pl.lit(False),
     }
     annotated = frame.with_columns(_problem_column(flags)).collect()
     clean_exprs = [
@@ -262,7 +310,11 @@ def _validate_interactions(
 
 def _joint_int(frames: list[tuple[pl.LazyFrame | None, str]]) -> tuple[bool, bool]:
     """Whether an id shared by several tables can be Int64 in all of them, and whether types disagreed."""
-    verdicts = [ids_are_integers(f, c, f.collect_schema()[c]) for f, c in frames if f is not None and c in f.collect_schema()]
+    verdicts = [
+        ids_are_integers(f, c, f.collect_schema()[c])
+        for f, c in frames
+        if f is not None and c in f.collect_schema()
+    ]
     return all(verdicts), len(set(verdicts)) > 1
 
 
@@ -312,7 +364,9 @@ def validate(
 
     known_items = None
     if raw.items is not None:
-        items, quarantine["items"], p, w = _validate_items(raw.items, item_int, raw.timestamp_format, n_examples)
+        items, quarantine["items"], p, w = _validate_items(
+            raw.items, item_int, raw.timestamp_format, n_examples
+        )
         problems += p
         warnings += w
         known_items = items[ITEM_ID]
@@ -386,7 +440,9 @@ def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _clean_stats(inter: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> dict[str, int | float | str | None]:
+def _clean_stats(
+    inter: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame
+) -> dict[str, int | float | str | None]:
     n_u = inter[USER_ID].n_unique() if inter.height else 0
     n_i = items.height
     ts = inter[TIMESTAMP]
@@ -399,5 +455,8 @@ def _clean_stats(inter: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) 
         "density": inter.height / (n_u * n_i) if n_u and n_i else 0.0,
         "first_timestamp": str(ts.min()) if inter.height else None,
         "last_timestamp": str(ts.max()) if inter.height else None,
-        "event_types": ", ".join(f"{r[EVENT_TYPE]}={r['len']}" for r in inter.group_by(EVENT_TYPE).len().sort(EVENT_TYPE).to_dicts()),
+        "event_types": ", ".join(
+            f"{r[EVENT_TYPE]}={r['len']}"
+            for r in inter.group_by(EVENT_TYPE).len().sort(EVENT_TYPE).to_dicts()
+        ),
     }

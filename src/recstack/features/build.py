@@ -71,7 +71,12 @@ def fingerprint(directory: Path, names: tuple[str, ...] = (INTERACTIONS_FILE, IT
 
 
 def _attribute_encoders(
-    frame: pl.DataFrame, skip: set[str], prefix: str, max_cardinality: int, n_buckets: int, skipped: dict[str, str]
+    frame: pl.DataFrame,
+    skip: set[str],
+    prefix: str,
+    max_cardinality: int,
+    n_buckets: int,
+    skipped: dict[str, str],
 ) -> tuple[dict[str, Vocabulary], dict[str, NumericEncoder]]:
     """Categorical vocabularies for low-cardinality text / bool columns, numeric encoders for numbers."""
     categorical: dict[str, Vocabulary] = {}
@@ -87,7 +92,9 @@ def _attribute_encoders(
             if values.n_unique() <= max_cardinality:
                 categorical[col] = Vocabulary.fit(values, name)
             else:
-                skipped[f"{prefix}.{col}"] = f"{values.n_unique()} distinct values > max_categorical_cardinality"
+                skipped[f"{prefix}.{col}"] = (
+                    f"{values.n_unique()} distinct values > max_categorical_cardinality"
+                )
         else:
             skipped[f"{prefix}.{col}"] = f"dtype {dtype} is not encoded"
     return categorical, numeric
@@ -157,20 +164,35 @@ def build_features(
         [pl.col(pop_column(w)).fill_null(0) for w in [*windows, None]]
     )
     items = items.with_columns(item_age_days(reference_time))
-    users = users.join(user_act, on=USER_ID, how="full", coalesce=True).with_columns(pl.col(USER_ACTIVITY[0]).fill_null(0))
+    users = users.join(user_act, on=USER_ID, how="full", coalesce=True).with_columns(
+        pl.col(USER_ACTIVITY[0]).fill_null(0)
+    )
 
     skipped: dict[str, str] = {}
     item_skip = {ITEM_ID, TITLE, CATEGORIES, CREATED_AT, *_ITEM_ACTIVITY_EXTRA}
-    item_cat, item_num = _attribute_encoders(items, item_skip, "item", max_categorical_cardinality, n_buckets, skipped)
+    item_cat, item_num = _attribute_encoders(
+        items, item_skip, "item", max_categorical_cardinality, n_buckets, skipped
+    )
     for col in [pop_column(w) for w in [*windows, None]]:
         # Counts are heavy-tailed: log1p before standardizing keeps the head from swamping the dense arch.
         item_num[col] = NumericEncoder.fit(items[col], f"item_{col}", log=True, n_buckets=n_buckets)
     # A raw postal code is nearly a user id (it memorizes); the derived `region` generalizes instead.
     for col in set(ZIP_COLUMNS) & set(users.columns):
         skipped[f"user.{col}"] = "replaced by the derived `region` feature"
-    user_cat, user_num = _attribute_encoders(users, {USER_ID, *USER_ACTIVITY, *ZIP_COLUMNS}, "user", max_categorical_cardinality, n_buckets, skipped)
-    user_num[USER_ACTIVITY[0]] = NumericEncoder.fit(users[USER_ACTIVITY[0]], "user_n_interactions", log=True, n_buckets=n_buckets)
-    user_num[USER_ACTIVITY[1]] = NumericEncoder.fit(users[USER_ACTIVITY[1]], "user_days_since_last", log=True, n_buckets=n_buckets)
+    user_cat, user_num = _attribute_encoders(
+        users,
+        {USER_ID, *USER_ACTIVITY, *ZIP_COLUMNS},
+        "user",
+        max_categorical_cardinality,
+        n_buckets,
+        skipped,
+    )
+    user_num[USER_ACTIVITY[0]] = NumericEncoder.fit(
+        users[USER_ACTIVITY[0]], "user_n_interactions", log=True, n_buckets=n_buckets
+    )
+    user_num[USER_ACTIVITY[1]] = NumericEncoder.fit(
+        users[USER_ACTIVITY[1]], "user_days_since_last", log=True, n_buckets=n_buckets
+    )
 
     # Every catalog item gets an index (content features make even never-seen items useful); most
     # frequent first so that index order is popularity order.
@@ -178,8 +200,14 @@ def build_features(
     tokens = items.select(tokenize_expr(pl.col(TITLE)).alias("t"))["t"].explode()
     spec = FeatureSpec(
         reference_time=reference_time,
-        split={"method": split_method, "test_fraction": test_fraction, "valid_fraction": valid_fraction,
-               "min_user_interactions": min_user_interactions, "cutoff": cutoff, "seed": seed},
+        split={
+            "method": split_method,
+            "test_fraction": test_fraction,
+            "valid_fraction": valid_fraction,
+            "min_user_interactions": min_user_interactions,
+            "cutoff": cutoff,
+            "seed": seed,
+        },
         history_length=history_length,
         title_max_tokens=title_max_tokens,
         popularity_windows_days=windows,
@@ -190,7 +218,9 @@ def build_features(
         item_categorical=item_cat,
         item_numeric=item_num,
         categories=Vocabulary.fit(items[CATEGORIES].explode(), "categories"),
-        title_tokens=Vocabulary.fit(tokens, "title_tokens", min_count=title_min_count, max_size=max_title_vocab),
+        title_tokens=Vocabulary.fit(
+            tokens, "title_tokens", min_count=title_min_count, max_size=max_title_vocab
+        ),
         skipped_columns=skipped,
         data_fingerprint=fingerprint(Path(ingest_dir)),
     )
@@ -233,7 +263,9 @@ def _metrics(indexed: pl.DataFrame, spec: FeatureSpec, items: pl.DataFrame) -> d
 
 def popularity_curve(items: pl.DataFrame) -> pl.DataFrame:
     """Item rank (1 = most popular) vs fit interactions: the long-tail plot `dvc plots` shows."""
-    counts = items.select(pl.col(pop_column(None)).alias("interactions")).sort("interactions", descending=True)
+    counts = items.select(pl.col(pop_column(None)).alias("interactions")).sort(
+        "interactions", descending=True
+    )
     return counts.with_row_index("rank", offset=1).filter(pl.col("interactions") > 0)
 
 

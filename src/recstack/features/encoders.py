@@ -52,7 +52,9 @@ class Vocabulary(BaseModel):
             max_size: keep at most this many values (the most frequent).
         """
         counts = values.drop_nulls().value_counts(name="__count")
-        counts = counts.filter(pl.col("__count") >= min_count).sort(["__count", values.name], descending=[True, False])
+        counts = counts.filter(pl.col("__count") >= min_count).sort(
+            ["__count", values.name], descending=[True, False]
+        )
         if max_size is not None:
             counts = counts.head(max_size)
         vals = counts[values.name]
@@ -68,8 +70,12 @@ class Vocabulary(BaseModel):
         """Known values in index order (index ``i + 1`` for ``values[i]``)."""
         if self._values is None:
             if self.inline is None:
-                raise RuntimeError(f"vocabulary {self.name!r} was loaded without its Parquet file: use load()")
-            self._values = pl.Series("value", self.inline, dtype=pl.Int64 if self.value_dtype == "int" else pl.String)
+                raise RuntimeError(
+                    f"vocabulary {self.name!r} was loaded without its Parquet file: use load()"
+                )
+            self._values = pl.Series(
+                "value", self.inline, dtype=pl.Int64 if self.value_dtype == "int" else pl.String
+            )
         return self._values
 
     def save_values(self, directory: Path) -> None:
@@ -87,7 +93,9 @@ class Vocabulary(BaseModel):
         """Polars expression mapping raw values to indices (Int32, OOV -> 0)."""
         target = pl.Int64 if self.value_dtype == "int" else pl.String
         idx = pl.int_range(1, self.size + 1, dtype=INDEX_DTYPE, eager=True)
-        return expr.cast(target, strict=False).replace_strict(self.values, idx, default=OOV_INDEX, return_dtype=INDEX_DTYPE)
+        return expr.cast(target, strict=False).replace_strict(
+            self.values, idx, default=OOV_INDEX, return_dtype=INDEX_DTYPE
+        )
 
     def lookup(self, values: pl.Series | list) -> np.ndarray:
         """Indices of ``values`` as an int64 array of the same length (OOV -> 0)."""
@@ -140,7 +148,9 @@ class NumericEncoder(BaseModel):
         if not self.edges:
             return pl.when(x.is_null()).then(OOV_INDEX).otherwise(1).cast(INDEX_DTYPE)
         above = pl.sum_horizontal([(x > e).cast(INDEX_DTYPE) for e in self.edges])
-        return pl.when(x.is_null()).then(pl.lit(OOV_INDEX, INDEX_DTYPE)).otherwise(above + 1).cast(INDEX_DTYPE)
+        return (
+            pl.when(x.is_null()).then(pl.lit(OOV_INDEX, INDEX_DTYPE)).otherwise(above + 1).cast(INDEX_DTYPE)
+        )
 
     @property
     def n_buckets(self) -> int:
@@ -158,5 +168,7 @@ def list_lookup_expr(vocab: Vocabulary, expr: pl.Expr, max_len: int | None = Non
     OOV entries are dropped rather than kept as 0 because these lists feed EmbeddingBags, where a run of
     zeros would just dilute the pooled vector.
     """
-    mapped = expr.list.eval(vocab.lookup_expr(pl.element())).list.eval(pl.element().filter(pl.element() != OOV_INDEX))
+    mapped = expr.list.eval(vocab.lookup_expr(pl.element())).list.eval(
+        pl.element().filter(pl.element() != OOV_INDEX)
+    )
     return mapped.list.head(max_len) if max_len else mapped

@@ -84,10 +84,14 @@ class FeatureSpec(BaseModel):
         d = Path(directory)
         path = d / SPEC_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run the features stage (dvc repro features) first")
+            raise FileNotFoundError(
+                f"{path} does not exist: run the features stage (dvc repro features) first"
+            )
         spec = cls.model_validate_json(path.read_text())
         if spec.version != SPEC_VERSION:
-            raise ValueError(f"{path} has feature spec version {spec.version}; this recstack reads {SPEC_VERSION}")
+            raise ValueError(
+                f"{path} has feature spec version {spec.version}; this recstack reads {SPEC_VERSION}"
+            )
         for vocab in spec.vocabularies():
             vocab.load_values(d)
         return spec

@@ -52,9 +52,14 @@ def item_activity(
     """
     t = pl.col(TIMESTAMP)
     aggs = [
-        (t > pl.lit(as_of) - pl.duration(days=w)).sum().cast(pl.Int64).alias(pop_column(w)) for w in windows_days
+        (t > pl.lit(as_of) - pl.duration(days=w)).sum().cast(pl.Int64).alias(pop_column(w))
+        for w in windows_days
     ]
-    aggs += [pl.len().cast(pl.Int64).alias(pop_column(None)), t.min().alias("first_seen"), t.max().alias("last_seen")]
+    aggs += [
+        pl.len().cast(pl.Int64).alias(pop_column(None)),
+        t.min().alias("first_seen"),
+        t.max().alias("last_seen"),
+    ]
     return _before(interactions, as_of, inclusive).group_by(ITEM_ID).agg(aggs)
 
 
@@ -94,7 +99,9 @@ def derive_user_columns(users: pl.LazyFrame) -> pl.LazyFrame:
     names = users.collect_schema().names()
     zip_col = next((c for c in ZIP_COLUMNS if c in names), None)
     if zip_col and REGION not in names:
-        users = users.with_columns(pl.col(zip_col).cast(pl.String).str.strip_chars().str.slice(0, 1).str.to_uppercase().alias(REGION))
+        users = users.with_columns(
+            pl.col(zip_col).cast(pl.String).str.strip_chars().str.slice(0, 1).str.to_uppercase().alias(REGION)
+        )
     return users
 
 
@@ -133,7 +140,9 @@ def encode_items(spec: FeatureSpec, items: pl.LazyFrame) -> pl.LazyFrame:
     frame = derive_item_columns(items).with_columns(
         spec.item_id.lookup_expr(pl.col(ITEM_ID)).alias(ITEM_IDX),
         list_lookup_expr(spec.categories, pl.col(CATEGORIES)).alias(CATEGORY_IDX),
-        list_lookup_expr(spec.title_tokens, tokenize_expr(pl.col(TITLE)), spec.title_max_tokens).alias(TITLE_TOKEN_IDX),
+        list_lookup_expr(spec.title_tokens, tokenize_expr(pl.col(TITLE)), spec.title_max_tokens).alias(
+            TITLE_TOKEN_IDX
+        ),
     )
     return _encode_common(frame, spec.item_categorical, spec.item_numeric)
 
