@@ -175,18 +175,31 @@ def _summaries(
     return out
 
 
+def _annotate_entities(
+    table: pl.LazyFrame, name: str, id_col: str, typed_col: str, as_int: bool
+) -> tuple[pl.Schema, list[str], pl.DataFrame]:
+    """Type the id of an item / user table and flag missing and duplicate ids (the first row wins).
+
+    Returns:
+        The raw schema, the original column names, and the rows with ``_row``, the typed id and ``problem``.
+    """
+    schema = table.collect_schema()
+    _require(schema, name, (id_col,))
+    frame = table.with_row_index(ROW, offset=1).with_columns(
+        cast_id(id_col, schema[id_col], as_int).alias(typed_col)
+    )
+    missing = is_blank(id_col, schema[id_col]) | pl.col(typed_col).is_null()
+    flags = {
+        f"missing_{id_col}": missing,
+        f"duplicate_{id_col}": ~missing & ~pl.col(typed_col).is_first_distinct(),
+    }
+    return schema, list(schema.names()), frame.with_columns(_problem_column(flags)).collect()
+
+
 def _validate_items(
     items: pl.LazyFrame, as_int: bool, fmt: str, n_examples: int
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary], list[ProblemSummary]]:
-    schema = items.collect_schema()
-    _require(schema, "items", (ITEM_ID,))
-    original = list(schema.names())
-    frame = items.with_row_index(ROW, offset=1).with_columns(
-        cast_id(ITEM_ID, schema[ITEM_ID], as_int).alias(_I)
-    )
-    missing = is_blank(ITEM_ID, schema[ITEM_ID]) | pl.col(_I).is_null()
-    flags = {"missing_item_id": missing, "duplicate_item_id": ~missing & ~pl.col(_I).is_first_distinct()}
-    annotated = frame.with_columns(_problem_column(flags)).collect()
+    schema, original, annotated = _annotate_entities(items, "items", ITEM_ID, _I, as_int)
 
     title = pl.col(TITLE).cast(pl.String) if TITLE in schema else pl.lit(None, dtype=pl.String)
     if CATEGORIES not in schema:
@@ -238,15 +251,7 @@ def _validate_items(
 def _validate_users(
     users: pl.LazyFrame, as_int: bool, n_examples: int
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary]]:
-    schema = users.collect_schema()
-    _require(schema, "users", (USER_ID,))
-    original = list(schema.names())
-    frame = users.with_row_index(ROW, offset=1).with_columns(
-        cast_id(USER_ID, schema[USER_ID], as_int).alias(_U)
-    )
-    missing = is_blank(USER_ID, schema[USER_ID]) | pl.col(_U).is_null()
-    flags = {"missing_user_id": missing, "duplicate_user_id": ~missing & ~pl.col(_U).is_first_distinct()}
-    annotated = frame.with_columns(_problem_column(flags)).collect()
+    _, original, annotated = _annotate_entities(users, "users", USER_ID, _U, as_int)
     extra = [pl.col(c) for c in original if c != USER_ID]
     clean, quarantine = _split(annotated, original, [pl.col(_U).alias(USER_ID), *extra])
     return clean, quarantine, _summaries("users", quarantine, USER_PROBLEMS, n_examples)
