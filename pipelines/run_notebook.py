@@ -16,6 +16,8 @@ failure the message names the stage, the failing cell and the error, and the exi
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import yaml
 KERNEL_NAME = "recstack"  # registered by scripts/setup.sh (ipykernel install --sys-prefix --name recstack)
 PARAMS_FILE = "params.yaml"
 _VOLATILE_METADATA = ("start_time", "end_time", "duration")
+_ALTAIR_ID = re.compile(r"altair-viz-[0-9a-f]{32}")
 
 
 class StageFailed(RuntimeError):
@@ -42,14 +45,29 @@ def lookup(params: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _strip_volatile(path: Path) -> None:
-    # Papermill stamps start/end times into the report; dropping them keeps reports diffable run to run.
-    nb = nbformat.read(path, as_version=4)
-    for meta in [nb.metadata.get("papermill", {})] + [c.metadata.get("papermill", {}) for c in nb.cells]:
-        for key in _VOLATILE_METADATA:
-            meta.pop(key, None)
+def _make_reproducible(path: Path, base: Path) -> None:
+    """Drop what differs between two identical runs from a report, so that its hash in dvc.lock is stable.
+
+    Papermill stamps start/end times and absolute paths into the notebook and gives the injected
+    parameters cell a random id; Altair's HTML output names each chart's div with a random UUID. None of
+    it says anything about the results.
+    """
+    text = path.read_text()
+    chart_ids: dict[str, str] = {}
+    text = _ALTAIR_ID.sub(lambda m: chart_ids.setdefault(m.group(0), f"altair-viz-{len(chart_ids)}"), text)
+    nb = nbformat.reads(text, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in _VOLATILE_METADATA:
+        meta.pop(key, None)
+    for key in ("input_path", "output_path"):
+        if key in meta:
+            meta[key] = os.path.relpath(meta[key], base)
     for cell in nb.cells:
+        for key in _VOLATILE_METADATA:
+            cell.metadata.get("papermill", {}).pop(key, None)
         cell.metadata.pop("execution", None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"
     nbformat.write(nb, path)
 
 
@@ -105,7 +123,7 @@ def run_stage(
         ) from None
     finally:
         if report.exists():
-            _strip_volatile(report)
+            _make_reproducible(report, base)
     return report
 
 
