@@ -141,3 +141,10 @@ def test_validation_report_on_ml100k(ml100k_path: Path, tmp_path: Path) -> None:
     assert r.passed and r.rows == {"interactions": 100_000, "items": 1682, "users": 943}
     assert r.bad_rows == {"interactions": 0, "items": 0, "users": 0}
     assert r.clean_stats["interacting_users"] == 943
+
+
+def test_unparseable_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "ragged.csv").write_text("uid,sku,ts\nu1,i1,2024-01-01\nu2,i2,2024-01-02,extra,more\n")
+    with pytest.raises(ValueError, match="source 'events' could not be parsed into rows: found more fields"):
+        columns = {"user_id": "uid", "item_id": "sku", "timestamp": "ts"}
+        ingest("events", tmp_path / "ragged.csv", tmp_path / "out", options={"columns": columns})

@@ -323,7 +323,7 @@ def _joint_int(frames: list[tuple[pl.LazyFrame | None, str]]) -> tuple[bool, boo
     return all(verdicts), len(set(verdicts)) > 1
 
 
-def validate(
+def _validate(
     raw: RawData,
     *,
     max_bad_fraction: float = 0.01,
@@ -430,6 +430,36 @@ def validate(
     )
     data = CanonicalData(interactions=inter.lazy(), items=items.lazy(), users=users.lazy())
     return ValidationResult(data=data, quarantine=quarantine, report=report)
+
+
+def validate(
+    raw: RawData,
+    *,
+    max_bad_fraction: float = 0.01,
+    as_of: datetime | None = None,
+    future_tolerance: timedelta = timedelta(days=1),
+    n_examples: int = 5,
+) -> ValidationResult:
+    """Validate and type a source's tables (see :func:`_validate` for the arguments).
+
+    A source so malformed that it cannot be parsed into rows at all (e.g. a CSV line with more fields
+    than the header) raises a DataError naming the source and the parser's complaint, instead of a bare
+    library traceback.
+    """
+    try:
+        return _validate(
+            raw,
+            max_bad_fraction=max_bad_fraction,
+            as_of=as_of,
+            future_tolerance=future_tolerance,
+            n_examples=n_examples,
+        )
+    except pl.exceptions.PolarsError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"source '{raw.source}' could not be parsed into rows: {first}. Fix the file (e.g. a line with "
+            "more fields than the header, or a wrong separator or format)."
+        ) from exc
 
 
 def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
