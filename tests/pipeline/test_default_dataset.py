@@ -25,7 +25,9 @@ def test_fresh_copy_regenerates_tracked_data_and_repro_is_clean(tmp_path: Path) 
     assert "up to date" in run(["dvc", "status"], project).stdout
     # Every output, executed-notebook reports included, hashes exactly as in the committed dvc.lock.
     lock_diff = run(["git", "diff", "--stat", "dvc.lock"], project).stdout
-    assert lock_diff == "", f"dvc.lock differs from the committed one:\n{lock_diff}"
+    assert lock_diff == "", (
+        f"dvc.lock differs from the committed one (run `dvc repro` and commit dvc.lock):\n{lock_diff}"
+    )
     metrics = json.loads((project / "metrics" / "features.json").read_text())
     committed = json.loads((Path(__file__).resolve().parents[2] / "metrics" / "features.json").read_text())
     assert metrics == committed  # the same numbers as the committed run
