@@ -1,0 +1,1 @@
+"""Strong simple baselines scored by the same evaluation code as the learned models."""

@@ -1,0 +1,1 @@
+"""Offline evaluation under protocol P1: the same metrics for every system."""

@@ -1,0 +1,61 @@
+"""Full-catalog top-K retrieval with train items masked (protocol P1's ranking rule)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recstack.data.split import FIT_SPLITS, SPLIT, TEST
+from recstack.features.encoders import OOV_INDEX
+from recstack.features.transform import ITEM_IDX, USER_IDX
+
+ScoreFn = Callable[[np.ndarray], np.ndarray]  # user indices (b,) -> scores (b, n_items + 1)
+
+
+def interaction_matrix(interactions: pl.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:
+    """Binary ``(n_users + 1, n_items + 1)`` CSR from ``user_idx`` / ``item_idx`` rows (row / column 0 = OOV)."""
+    u = interactions[USER_IDX].to_numpy()
+    i = interactions[ITEM_IDX].to_numpy()
+    m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(n_users + 1, n_items + 1))
+    m.data[:] = 1.0  # repeated pairs count once
+    return m
+
+
+def p1_matrices(
+    interactions: pl.DataFrame, n_users: int, n_items: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(train, test) matrices of protocol P1: train = the fit splits (train + valid), test = test."""
+    fit = interactions.filter(pl.col(SPLIT).is_in(FIT_SPLITS))
+    test = interactions.filter((pl.col(SPLIT) == TEST) & (pl.col(USER_IDX) != OOV_INDEX))
+    return interaction_matrix(fit, n_users, n_items), interaction_matrix(test, n_users, n_items)
+
+
+def topk(
+    score_fn: ScoreFn, users: np.ndarray, exclude: sp.csr_matrix, k: int, batch_size: int = 1024
+) -> np.ndarray:
+    """The ``k`` best items per user over the whole catalog, excluding ``exclude`` and the OOV column.
+
+    Args:
+        score_fn: maps a batch of user indices ``(b,)`` to scores ``(b, n_items + 1)`` (higher = better).
+        users: ``(n,)`` user indices.
+        exclude: ``(n_users + 1, n_items + 1)`` CSR of items never to recommend (the user's train items).
+        k: list length.
+        batch_size: users scored at once (memory: ``batch_size * n_items`` floats).
+
+    Returns:
+        ``(n, k)`` int64 item indices, best first.
+    """
+    out = np.empty((len(users), k), dtype=np.int64)
+    for start in range(0, len(users), batch_size):
+        batch = users[start : start + batch_size]
+        scores = np.array(score_fn(batch), dtype=np.float32, copy=True)
+        scores[:, OOV_INDEX] = -np.inf
+        mask = exclude[batch]
+        scores[mask.nonzero()] = -np.inf
+        part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out[start : start + len(batch)] = np.take_along_axis(part, order, axis=1)
+    return out
