@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from recstack.baselines.ease import EASE
 from recstack.baselines.most_popular import MostPopular
+from recstack.baselines.rp3beta import RP3beta
 from recstack.data.ingest import ingest
 from recstack.evaluation.metrics import hit_matrix, ranking_metrics
 from recstack.evaluation.topk import p1_matrices, topk
@@ -60,3 +61,15 @@ def test_most_popular_matches_reference(ml100k_p1: tuple) -> None:
 def test_ease_rejects_bad_penalty() -> None:
     with pytest.raises(ValueError, match="l2 must be positive"):
         EASE(0.0)
+
+
+def test_rp3beta_beats_popularity_and_is_a_valid_ranker(ml100k_p1: tuple) -> None:
+    # Untuned settings: the reference (tuned on valid) is R@10 0.1126; tuning is the evaluate stage's job.
+    m = _evaluate(RP3beta(alpha=0.6, beta=0.4, neighbors=100), *ml100k_p1)
+    assert m["recall@10"] > 0.095 and m["ndcg@10"] > 0.16
+    assert m["coverage@10"] > 2 * 0.043  # the popularity penalty reaches into the tail
+
+
+def test_rp3beta_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="RP3beta needs alpha > 0"):
+        RP3beta(alpha=0.0)
