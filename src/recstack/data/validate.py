@@ -20,8 +20,11 @@ tables (both typed String), interacting users without a user row (they get null 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -323,7 +326,26 @@ def _joint_int(frames: list[tuple[pl.LazyFrame | None, str]]) -> tuple[bool, boo
     return all(verdicts), len(set(verdicts)) > 1
 
 
-def _validate(
+def _parse_errors_as_data_errors(func: Callable[..., ValidationResult]) -> Callable[..., ValidationResult]:
+    """Turn a Polars parse failure of a source (e.g. a CSV line with more fields than the header) into a
+    DataError naming the source, instead of a bare library traceback."""
+
+    @functools.wraps(func)
+    def wrapper(raw: RawData, **kwargs: Any) -> ValidationResult:
+        try:
+            return func(raw, **kwargs)
+        except pl.exceptions.PolarsError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(
+                f"source '{raw.source}' could not be parsed into rows: {first}. Fix the file (e.g. a line "
+                "with more fields than the header, or a wrong separator or format)."
+            ) from exc
+
+    return wrapper
+
+
+@_parse_errors_as_data_errors
+def validate(
     raw: RawData,
     *,
     max_bad_fraction: float = 0.01,
@@ -430,36 +452,6 @@ def _validate(
     )
     data = CanonicalData(interactions=inter.lazy(), items=items.lazy(), users=users.lazy())
     return ValidationResult(data=data, quarantine=quarantine, report=report)
-
-
-def validate(
-    raw: RawData,
-    *,
-    max_bad_fraction: float = 0.01,
-    as_of: datetime | None = None,
-    future_tolerance: timedelta = timedelta(days=1),
-    n_examples: int = 5,
-) -> ValidationResult:
-    """Validate and type a source's tables (see :func:`_validate` for the arguments).
-
-    A source so malformed that it cannot be parsed into rows at all (e.g. a CSV line with more fields
-    than the header) raises a DataError naming the source and the parser's complaint, instead of a bare
-    library traceback.
-    """
-    try:
-        return _validate(
-            raw,
-            max_bad_fraction=max_bad_fraction,
-            as_of=as_of,
-            future_tolerance=future_tolerance,
-            n_examples=n_examples,
-        )
-    except pl.exceptions.PolarsError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"source '{raw.source}' could not be parsed into rows: {first}. Fix the file (e.g. a line with "
-            "more fields than the header, or a wrong separator or format)."
-        ) from exc
 
 
 def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
