@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recstack.data.split import FIT_SPLITS, SPLIT, TEST
+from recstack.data.split import FIT_SPLITS, SPLIT, TEST, TRAIN, VALID
 from recstack.features.encoders import OOV_INDEX
 from recstack.features.transform import ITEM_IDX, USER_IDX
 
@@ -31,6 +31,20 @@ def p1_matrices(
     fit = interactions.filter(pl.col(SPLIT).is_in(FIT_SPLITS))
     test = interactions.filter((pl.col(SPLIT) == TEST) & (pl.col(USER_IDX) != OOV_INDEX))
     return interaction_matrix(fit, n_users, n_items), interaction_matrix(test, n_users, n_items)
+
+
+def p1_valid_matrices(
+    interactions: pl.DataFrame, n_users: int, n_items: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(train_sub, valid) matrices of protocol P1 for tuning: the ``train`` and the ``valid`` split.
+
+    The tuning counterpart of :func:`p1_matrices`: fit on train_sub, rank against valid, then refit the chosen
+    settings on :func:`p1_matrices`' train. Both are ``(n_users + 1, n_items + 1)`` binary CSR.
+    """
+    train_sub = interactions.filter(pl.col(SPLIT) == TRAIN)
+    # As for test: index 0 pools every unknown user, a merged row that is nobody's history; never evaluated.
+    valid = interactions.filter((pl.col(SPLIT) == VALID) & (pl.col(USER_IDX) != OOV_INDEX))
+    return interaction_matrix(train_sub, n_users, n_items), interaction_matrix(valid, n_users, n_items)
 
 
 def topk(
