@@ -127,6 +127,15 @@ def run_stage(
     return report
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value read as YAML, except that exponent floats without a dot (``1e-05``, as DVC
+    interpolates ``1.0e-05``) are floats: YAML 1.1 would read them as strings."""
+    return float(text) if _FLOAT.match(text) else yaml.safe_load(text)
+
+
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.run_notebook", description=__doc__.split("\n")[0]
@@ -142,7 +151,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    params: dict[str, Any] = {name: yaml.safe_load(value) for name, value in args.param}
+    params: dict[str, Any] = {name: parse_value(value) for name, value in args.param}
     if args.param_from:
         path = Path(PARAMS_FILE)
         if not path.is_file():

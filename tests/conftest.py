@@ -20,3 +20,19 @@ def ml100k_path() -> Path:
     if not (ML100K / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not found at {ML100K}")
     return ML100K
+
+
+@pytest.fixture(scope="session")
+def small_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A featurized small synthetic dataset (200 users, 120 items): fast enough to train models on."""
+    from recstack.data.ingest import ingest
+    from recstack.data.synthetic import SyntheticConfig, generate_synthetic
+    from recstack.features.build import build_features
+
+    root = tmp_path_factory.mktemp("small")
+    generate_synthetic(
+        root / "raw", SyntheticConfig(n_users=200, n_items=120, n_interactions=6_000, n_clusters=4)
+    )
+    ingest("canonical", root / "raw", root / "ingest")
+    build_features(root / "ingest", root / "features", history_length=20)
+    return root / "features"

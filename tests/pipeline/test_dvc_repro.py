@@ -54,6 +54,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "item_columns": {"item_id": "sku", "title": "name", "categories": "genre"},
         },
     }
+    # Smoke-run sizes: the point here is the mechanism, not the model quality.
+    params["train_retrieval"].update(max_epochs=3, patience=1, embedding_dim=16, tower_dims=[32, 16])
+    params["train_ranking"].update(max_epochs=2, patience=1, n_candidates=20, n_random_negatives=5)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git_commit_all(dest)
     return dest
@@ -93,6 +96,55 @@ def test_changing_one_parameter_reruns_only_what_depends_on_it(project: Path) ->
     assert "Running stage 'features'" in out and "Running stage 'ingest'" not in out
     spec = json.loads((project / "artifacts" / "features" / "feature_spec.json").read_text())
     assert spec["history_length"] == 5
+
+
+SYSTEMS = {"most_popular", "ease", "rp3beta", "two_tower", "funnel"}
+
+
+def _model_metrics(project: Path) -> dict[str, dict]:
+    return {
+        stage: json.loads((project / "metrics" / f"{stage}.json").read_text())
+        for stage in ("train_retrieval", "train_ranking", "evaluate", "evaluate_segments")
+    }
+
+
+def test_full_pipeline_trains_both_models_and_evaluates_every_system(project: Path) -> None:
+    out = run(["dvc", "repro"], project).stdout
+    for stage in ("train_retrieval", "train_ranking", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    metrics = _model_metrics(project)
+    evaluate = metrics["evaluate"]
+    assert set(evaluate) == SYSTEMS
+    for system, values in evaluate.items():
+        assert 0.0 <= values["ndcg@10"] <= 1.0 and 0.0 <= values["recall@100"] <= 1.0, system
+        assert values["users"] == 60
+    assert set(metrics["evaluate_segments"]["funnel"]) == {
+        "short_history_users",
+        "long_tail_items",
+        "new_items",
+    }
+    # Every artifact carries what serving needs.
+    for model_dir in ("train_retrieval/model", "train_retrieval/valid_model", "train_ranking/model"):
+        d = project / "artifacts" / model_dir
+        card = json.loads((d / "model.json").read_text())
+        assert (d / "model.pt").is_file() and (d / "features" / "feature_spec.json").is_file()
+        assert card["data_fingerprint"] and len(card["version"]) == 12
+    assert (
+        json.loads((project / "artifacts/train_retrieval/model/model.json").read_text())["similarity"]
+        == "cosine"
+    )
+    dvclive = project / "artifacts" / "train_retrieval" / "dvclive" / "plots" / "metrics"
+    assert (dvclive / "valid_recall@100.tsv").is_file()
+    assert (project / "plots" / "evaluate" / "ndcg_at_k.csv").is_file()
+    shown = run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert "two_tower" in shown and "funnel" in shown
+    assert "up to date" in run(["dvc", "status", "evaluate"], project).stdout
+
+
+def test_forced_repro_gives_identical_metrics(project: Path) -> None:
+    before = _model_metrics(project)
+    run(["dvc", "repro", "--force", "train_retrieval", "train_ranking", "evaluate"], project)
+    assert _model_metrics(project) == before
 
 
 def test_failing_stage_names_stage_cell_and_problem(project: Path) -> None:

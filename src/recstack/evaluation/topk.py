@@ -60,16 +60,22 @@ def topk(
         batch_size: users scored at once (memory: ``batch_size * n_items`` floats).
 
     Returns:
-        ``(n, k)`` int64 item indices, best first.
+        ``(n, k)`` int64 item indices, best first; -1 marks an empty slot when fewer than ``k`` items
+        can be recommended.
     """
-    out = np.empty((len(users), k), dtype=np.int64)
+    out = np.full((len(users), k), -1, dtype=np.int64)
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = np.array(score_fn(batch), dtype=np.float32, copy=True)
         scores[:, OOV_INDEX] = -np.inf
         mask = exclude[batch]
         scores[mask.nonzero()] = -np.inf
-        part = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-        out[start : start + len(batch)] = np.take_along_axis(part, order, axis=1)
+        kk = min(k, scores.shape[1])  # a catalog smaller than k: the remaining slots stay empty (-1)
+        part = np.argpartition(-scores, kth=kk - 1, axis=1)[:, :kk]
+        top_scores = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        ranked = np.take_along_axis(part, order, axis=1)
+        # Fewer than k recommendable items (a tiny catalog, a heavy user): the rest are empty slots.
+        ranked[np.take_along_axis(top_scores, order, axis=1) == -np.inf] = -1
+        out[start : start + len(batch), :kk] = ranked
     return out

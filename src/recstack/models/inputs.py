@@ -1,0 +1,321 @@
+"""Model inputs: featurized users / items / interaction sequences turned into TorchRec KeyedJaggedTensors.
+
+One implementation for training, offline evaluation and serving. Every sparse feature is a bag of indices
+into an embedding table (index 0 = unknown) with a per-value weight: single-valued features weigh 1, bags
+(categories, title tokens) weigh 1 / length (mean pooling), the history bag weighs recent items more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torchrec import KeyedJaggedTensor
+
+from recstack.data.io import ITEMS_FILE, USERS_FILE
+from recstack.data.schema import TIMESTAMP
+from recstack.features.spec import FeatureSpec
+from recstack.features.transform import CATEGORY_IDX, ITEM_IDX, TITLE_TOKEN_IDX, USER_IDX
+
+HISTORY_FEATURE = "history"
+ITEM_ID_FEATURE = "item_id"
+USER_ID_FEATURE = "user_id"
+# Item columns that change with time (popularity, age): kept out of the candidate tower so an item's
+# embedding means the same thing at training and serving time; the ranker sees them point-in-time instead.
+TIME_VARYING_ITEM_COLUMNS = ("pop_", "item_age_days")
+# User activity changes with every interaction; the history bag already carries it.
+TIME_VARYING_USER_COLUMNS = ("user_n_interactions", "user_days_since_last")
+
+
+def _time_varying(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name.startswith(p) for p in prefixes)
+
+
+@dataclass
+class Ragged:
+    """A list of integer arrays stored flat: ``values[offsets[r]:offsets[r + 1]]`` is row ``r``."""
+
+    values: np.ndarray  # (nnz,) int64
+    offsets: np.ndarray  # (n_rows + 1,) int64
+
+    @classmethod
+    def from_series(cls, column: pl.Series) -> Ragged:
+        lengths = column.list.len().fill_null(0).to_numpy().astype(np.int64)
+        values = column.explode().drop_nulls().to_numpy().astype(np.int64)
+        return cls(values, np.concatenate([[0], np.cumsum(lengths)]))
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and lengths of ``rows``: ``(sum lengths,)``, ``(len(rows),)``."""
+        starts, ends = self.offsets[rows], self.offsets[rows + 1]
+        lengths = ends - starts
+        return gather_ranges(self.values, starts, lengths), lengths
+
+
+def gather_ranges(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate ``values[s:s + n]`` for each (s, n) without a Python loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=values.dtype)
+    row_start = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return values[row_start + np.arange(total)]
+
+
+@dataclass
+class Bag:
+    """One sparse feature of a batch: ``values`` (nnz,), ``lengths`` (B,), ``weights`` (nnz,)."""
+
+    values: np.ndarray
+    lengths: np.ndarray
+    weights: np.ndarray
+
+
+def single(indices: np.ndarray) -> Bag:
+    """A single-valued feature (one index per row, weight 1)."""
+    n = len(indices)
+    return Bag(indices.astype(np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.float32))
+
+
+def mean_bag(values: np.ndarray, lengths: np.ndarray) -> Bag:
+    """A multi-valued feature pooled as a mean (each value weighs 1 / length of its row)."""
+    w = np.repeat(1.0 / np.maximum(lengths, 1), lengths).astype(np.float32)
+    return Bag(values.astype(np.int64), lengths.astype(np.int64), w)
+
+
+def recency_bag(values: np.ndarray, lengths: np.ndarray, decay: float) -> Bag:
+    """A sequence (oldest first) pooled with weights ``decay ** age``, normalized to sum 1 per row.
+
+    ``decay = 1`` is a plain mean; smaller values let the last few items dominate, which matters because
+    the next interaction resembles the latest ones more than the oldest ones.
+    """
+    ends = np.cumsum(lengths)
+    pos_from_end = np.repeat(ends, lengths) - 1 - np.arange(int(lengths.sum()))
+    w = np.power(decay, pos_from_end).astype(np.float64)
+    sums = np.add.reduceat(w, np.concatenate([[0], ends[:-1]])[lengths > 0]) if w.size else w
+    norm = np.zeros(len(lengths))
+    norm[lengths > 0] = sums
+    w = w / np.repeat(np.where(norm > 0, norm, 1.0), lengths)
+    return Bag(values.astype(np.int64), lengths.astype(np.int64), w.astype(np.float32))
+
+
+def to_kjt(bags: dict[str, Bag]) -> KeyedJaggedTensor:
+    """Assemble named bags (all with the same batch size) into one weighted KeyedJaggedTensor."""
+    keys = list(bags)
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate([bags[k].values for k in keys])),
+        lengths=torch.from_numpy(np.concatenate([bags[k].lengths for k in keys])),
+        weights=torch.from_numpy(np.concatenate([bags[k].weights for k in keys])),
+    )
+
+
+@dataclass
+class ItemFeatures:
+    """Content features of every catalog item, indexed by ``item_idx`` (row 0 = unknown item).
+
+    Attributes:
+        single: feature name -> ``(n_items + 1,)`` index array (item id, categorical attributes,
+            buckets of static numeric attributes such as year).
+        bags: feature name -> ragged index lists (categories, title tokens).
+        categories: ragged category indices (also used for diversity and category affinity).
+        cardinalities: feature name -> embedding-table size.
+    """
+
+    single: dict[str, np.ndarray]
+    bags: dict[str, Ragged]
+    cardinalities: dict[str, int]
+
+    @classmethod
+    def from_table(cls, items: pl.DataFrame, spec: FeatureSpec) -> ItemFeatures:
+        """Build from ``items.parquet`` (one row per item, with ``item_idx``) and the feature spec."""
+        n = spec.item_id.size + 1
+        frame = pl.DataFrame({ITEM_IDX: np.arange(n, dtype=np.int32)}).join(
+            items.unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
+        )
+        card = spec.cardinalities()
+        single = {ITEM_ID_FEATURE: np.arange(n, dtype=np.int64)}
+        sizes = {ITEM_ID_FEATURE: n}
+        for col, vocab in spec.item_categorical.items():
+            single[vocab.name] = frame[f"{col}_idx"].fill_null(0).to_numpy().astype(np.int64)
+            sizes[vocab.name] = card[vocab.name]
+        for col, enc in spec.item_numeric.items():
+            if _time_varying(col, TIME_VARYING_ITEM_COLUMNS):
+                continue
+            name = f"{enc.name}_bucket"
+            single[name] = frame[f"{col}_bucket"].fill_null(0).to_numpy().astype(np.int64)
+            sizes[name] = card[name]
+        bags = {
+            spec.categories.name: Ragged.from_series(frame[CATEGORY_IDX]),
+            spec.title_tokens.name: Ragged.from_series(frame[TITLE_TOKEN_IDX]),
+        }
+        sizes[spec.categories.name] = card[spec.categories.name]
+        sizes[spec.title_tokens.name] = card[spec.title_tokens.name]
+        return cls(single=single, bags=bags, cardinalities=sizes)
+
+    @property
+    def n_items(self) -> int:
+        """Catalog size including the unknown row 0."""
+        return len(self.single[ITEM_ID_FEATURE])
+
+    def bags_for(self, items: np.ndarray) -> dict[str, Bag]:
+        """Candidate-tower features of ``items`` ``(B,)``."""
+        out = {name: single(arr[items]) for name, arr in self.single.items()}
+        for name, ragged in self.bags.items():
+            values, lengths = ragged.take(items)
+            out[name] = mean_bag(values, lengths)
+        return out
+
+    def kjt(self, items: np.ndarray) -> KeyedJaggedTensor:
+        """``items`` ``(B,)`` -> weighted KJT with one key per candidate feature."""
+        return to_kjt(self.bags_for(items))
+
+
+@dataclass
+class UserFeatures:
+    """Static attributes of every known user, indexed by ``user_idx`` (row 0 = unknown user)."""
+
+    single: dict[str, np.ndarray]
+    cardinalities: dict[str, int]
+
+    @classmethod
+    def from_table(cls, users: pl.DataFrame, spec: FeatureSpec) -> UserFeatures:
+        """Build from ``users.parquet`` and the spec. Users sharing the unknown index keep row 0 empty."""
+        n = spec.user_id.size + 1
+        known = users.filter(pl.col(USER_IDX) > 0).unique(USER_IDX, keep="first")
+        frame = pl.DataFrame({USER_IDX: np.arange(n, dtype=np.int32)}).join(known, on=USER_IDX, how="left")
+        card = spec.cardinalities()
+        single = {USER_ID_FEATURE: np.arange(n, dtype=np.int64)}
+        sizes = {USER_ID_FEATURE: n}
+        for col, vocab in spec.user_categorical.items():
+            single[vocab.name] = frame[f"{col}_idx"].fill_null(0).to_numpy().astype(np.int64)
+            sizes[vocab.name] = card[vocab.name]
+        for col, enc in spec.user_numeric.items():
+            if _time_varying(col, TIME_VARYING_USER_COLUMNS):
+                continue
+            name = f"{enc.name}_bucket"
+            single[name] = frame[f"{col}_bucket"].fill_null(0).to_numpy().astype(np.int64)
+            sizes[name] = card[name]
+        return cls(single=single, cardinalities=sizes)
+
+    def attribute_rows(self, attributes: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
+        """Encoded attributes of users given as raw rows (e.g. an unknown user online), same keys."""
+        from recstack.features.transform import encode_users
+
+        enc = encode_users(spec, attributes.lazy()).collect()
+        out = {USER_ID_FEATURE: enc[USER_IDX].to_numpy().astype(np.int64)}
+        for col, vocab in spec.user_categorical.items():
+            out[vocab.name] = enc[f"{col}_idx"].fill_null(0).to_numpy().astype(np.int64)
+        for col, e in spec.user_numeric.items():
+            if not _time_varying(col, TIME_VARYING_USER_COLUMNS):
+                out[f"{e.name}_bucket"] = enc[f"{col}_bucket"].fill_null(0).to_numpy().astype(np.int64)
+        return out
+
+
+@dataclass
+class Sequences:
+    """Each user's observed interactions in time order, flat: the source of histories and examples.
+
+    Attributes:
+        items: ``(N,)`` item indices, grouped by user, oldest first (ties by item index).
+        times: ``(N,)`` int64 microseconds since the epoch, aligned with ``items``.
+        offsets: ``(n_users + 2,)``: user ``u``'s rows are ``offsets[u]:offsets[u + 1]``.
+    """
+
+    items: np.ndarray
+    times: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_interactions(cls, interactions: pl.DataFrame, n_users: int) -> Sequences:
+        """``interactions`` with ``user_idx, item_idx, timestamp`` (unknown users / items dropped)."""
+        rows = interactions.filter((pl.col(USER_IDX) > 0) & (pl.col(ITEM_IDX) > 0)).sort(
+            [USER_IDX, TIMESTAMP, ITEM_IDX]
+        )
+        users = rows[USER_IDX].to_numpy()
+        counts = np.bincount(users, minlength=n_users + 1)
+        return cls(
+            items=rows[ITEM_IDX].to_numpy().astype(np.int64),
+            times=rows[TIMESTAMP].dt.epoch("us").to_numpy().astype(np.int64),
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        )
+
+    @property
+    def n_users(self) -> int:
+        return len(self.offsets) - 2
+
+    def lengths(self) -> np.ndarray:
+        """``(n_users + 1,)`` interactions per user."""
+        return np.diff(self.offsets)
+
+    def example_users(self) -> np.ndarray:
+        """``(N,)`` the user of each row."""
+        return np.repeat(np.arange(len(self.offsets) - 1), self.lengths())
+
+    def prefix(self, rows: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """History strictly before each row ``rows`` ``(B,)``: the user's previous ``max_length`` items.
+
+        Returns:
+            values ``(nnz,)`` and lengths ``(B,)``, oldest first within a row.
+        """
+        user_start = self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
+        starts = np.maximum(user_start, rows - max_length)
+        return gather_ranges(self.items, starts, rows - starts), rows - starts
+
+    def last(self, users: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's latest ``max_length`` items (the query history after all observed data)."""
+        ends = self.offsets[users + 1]
+        starts = np.maximum(self.offsets[users], ends - max_length)
+        return gather_ranges(self.items, starts, ends - starts), ends - starts
+
+    def last_time(self, users: np.ndarray) -> np.ndarray:
+        """``(B,)`` each user's latest observed timestamp (us); -1 for users without interactions."""
+        ends = self.offsets[users + 1]
+        has = ends > self.offsets[users]
+        return np.where(has, self.times[np.maximum(ends - 1, 0)], -1)
+
+
+def query_bags(
+    users: UserFeatures | dict[str, np.ndarray],
+    user_idx: np.ndarray,
+    history: tuple[np.ndarray, np.ndarray],
+    decay: float,
+) -> dict[str, Bag]:
+    """Query-tower features: user id and attributes plus the recency-weighted history bag.
+
+    Args:
+        users: the user table, or already-encoded attribute arrays aligned with ``user_idx``.
+        user_idx: ``(B,)`` user indices (0 = unknown).
+        history: ``(values (nnz,), lengths (B,))`` item indices, oldest first.
+        decay: recency decay of the history weights.
+    """
+    if isinstance(users, UserFeatures):
+        out = {name: single(arr[user_idx]) for name, arr in users.single.items()}
+    else:
+        out = {name: single(arr) for name, arr in users.items()}
+    out[HISTORY_FEATURE] = recency_bag(history[0], history[1], decay)
+    return out
+
+
+@dataclass
+class FeatureTables:
+    """Everything a model needs from the ``features`` stage, loaded once."""
+
+    spec: FeatureSpec
+    items: ItemFeatures
+    users: UserFeatures
+
+    @classmethod
+    def load(cls, features_dir: str | Path) -> FeatureTables:
+        d = Path(features_dir)
+        spec = FeatureSpec.load(d)
+        return cls(
+            spec=spec,
+            items=ItemFeatures.from_table(pl.read_parquet(d / ITEMS_FILE), spec),
+            users=UserFeatures.from_table(pl.read_parquet(d / USERS_FILE), spec),
+        )
+
+    def query_cardinalities(self) -> dict[str, int]:
+        """Embedding-table sizes of the query features (the history bag indexes items)."""
+        return {**self.users.cardinalities, HISTORY_FEATURE: self.items.n_items}

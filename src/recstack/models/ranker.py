@@ -1,0 +1,88 @@
+"""DLRM ranker: TorchRec's ``DLRM`` (or ``DLRM_DCN``) over the ranking features of (user, item) pairs.
+
+Model code only. Dense inputs are standardized inside the model with statistics saved in the config, so
+whoever calls it (training, evaluation, the service) passes raw feature values.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec.models.dlrm import DLRM, DLRM_DCN
+
+
+class RankerConfig(BaseModel):
+    """Architecture of the ranker, saved in its artifact.
+
+    Attributes:
+        sparse_features: feature name -> embedding-table size, in KJT key order.
+        dense_features: names of the dense inputs, in column order.
+        dense_mean / dense_std: standardization of the dense inputs (fitted on the training pairs).
+        embedding_dim: width of every table (DLRM's interaction needs one width for all).
+        dense_arch: hidden widths of the dense MLP (``embedding_dim`` is appended as its output).
+        over_arch: widths of the top MLP (a final 1 is appended: the logit).
+        dcn_layers: 0 = DLRM's pairwise dot interaction; > 0 = DLRM_DCN with that many cross layers.
+        dcn_low_rank_dim: rank of the DCN cross layers.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    sparse_features: dict[str, int]
+    dense_features: list[str]
+    dense_mean: list[float]
+    dense_std: list[float]
+    embedding_dim: int = 16
+    dense_arch: list[int] = [64]
+    over_arch: list[int] = [128, 64]
+    dcn_layers: int = 0
+    dcn_low_rank_dim: int = 16
+
+
+class Ranker(nn.Module):
+    """Scores pairs: ``forward(dense (B, F), sparse KJT of batch B) -> logits (B,)``."""
+
+    def __init__(self, config: RankerConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=f"rank_{name}",
+                    embedding_dim=c.embedding_dim,
+                    num_embeddings=size,
+                    feature_names=[name],
+                    pooling=PoolingType.SUM,
+                )
+                for name, size in c.sparse_features.items()
+            ],
+            is_weighted=True,
+            device=torch.device("cpu"),
+        )
+        dense_arch = [*c.dense_arch, c.embedding_dim]
+        over_arch = [*c.over_arch, 1]
+        n_dense = len(c.dense_features)
+        if c.dcn_layers > 0:
+            self.dlrm: nn.Module = DLRM_DCN(
+                embedding_bag_collection=ebc,
+                dense_in_features=n_dense,
+                dense_arch_layer_sizes=dense_arch,
+                over_arch_layer_sizes=over_arch,
+                dcn_num_layers=c.dcn_layers,
+                dcn_low_rank_dim=c.dcn_low_rank_dim,
+            )
+        else:
+            self.dlrm = DLRM(
+                embedding_bag_collection=ebc,
+                dense_in_features=n_dense,
+                dense_arch_layer_sizes=dense_arch,
+                over_arch_layer_sizes=over_arch,
+            )
+        self.register_buffer("dense_mean", torch.tensor(c.dense_mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("dense_std", torch.tensor(c.dense_std, dtype=torch.float32), persistent=False)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Args: dense ``(B, F)`` raw dense features; sparse: KJT, batch ``B``. Returns logits ``(B,)``."""
+        x = (dense - self.dense_mean) / self.dense_std
+        return self.dlrm(x, sparse).squeeze(-1)

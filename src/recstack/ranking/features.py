@@ -1,0 +1,216 @@
+"""Ranking features of (user, candidate) pairs, computed point-in-time.
+
+Every feature of a pair is computed from the observed interactions at or before the pair's ``as_of`` time
+(the request time online; offline, the user's last observed interaction), so the ranker never sees the
+future it is asked to predict. The same code computes the ranker's training data, offline evaluation's
+funnel and the service's ranking stage.
+
+Dense features (``DENSE_FEATURES``, in this order):
+
+* ``retrieval_score_gap``: two-tower similarity minus the user's best candidate's; ``retrieval_log_rank``: log1p of its rank in the user's list.
+* ``pop_{1,7,30}d``, ``pop_all``: log1p interaction counts of the item in trailing windows before as_of.
+* ``days_since_first`` / ``days_since_last``: log1p days since the item's first / latest interaction before
+  as_of (a proxy for age and for being "in the air"); items never seen get ``NEVER_SEEN_DAYS``.
+* ``category_affinity``: share of the user's history whose categories the item shares (cosine of the
+  user's category distribution and the item's multi-hot categories).
+* ``history_sim_max`` / ``history_sim_mean``: cosine between the item's two-tower vector and the vectors of
+  the user's last ``RECENT_ITEMS`` items.
+* ``user_log_history``: log1p number of observed interactions of the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from recstack.models.inputs import Bag, FeatureTables, Sequences, single
+
+DAY_US = 86_400_000_000
+POPULARITY_WINDOWS_DAYS = (1, 7, 30)
+RECENT_ITEMS = 10  # history items compared with the candidate: the latest ones say most about "next"
+NEVER_SEEN_DAYS = 10_000.0  # "infinitely old / never interacted" on the log scale, without NaNs
+DENSE_FEATURES: tuple[str, ...] = (
+    "retrieval_score_gap",
+    "retrieval_log_rank",
+    *(f"pop_{w}d" for w in POPULARITY_WINDOWS_DAYS),
+    "pop_all",
+    "days_since_first",
+    "days_since_last",
+    "category_affinity",
+    "history_sim_max",
+    "history_sim_mean",
+    "user_log_history",
+)
+LAST_ITEM_FEATURE = "last_item"
+
+
+@dataclass
+class ItemTimeline:
+    """Observed interaction times per item, for point-in-time counts in O(log n) per query.
+
+    Times are replaced by their rank among the distinct observed times so that ``item * M + rank`` fits in
+    int64 for any catalog size, making one sorted key array serve every (item, time) query.
+    """
+
+    keys: np.ndarray  # (N,) sorted item * M + time rank (1-based)
+    times: np.ndarray  # (N,) us, aligned with keys
+    unique_times: np.ndarray  # (U,) sorted distinct times
+    m: int
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequences) -> ItemTimeline:
+        unique_times = np.unique(sequences.times)
+        m = len(unique_times) + 1
+        rank = np.searchsorted(unique_times, sequences.times, side="right")
+        keys = sequences.items * m + rank
+        order = np.argsort(keys, kind="stable")
+        return cls(keys=keys[order], times=sequences.times[order], unique_times=unique_times, m=m)
+
+    def _position(self, items: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Index one past the item's last interaction at or before ``t`` (broadcast shapes)."""
+        r = np.searchsorted(self.unique_times, t, side="right")
+        return np.searchsorted(self.keys, items * self.m + r, side="right")
+
+    def counts(self, items: np.ndarray, as_of: np.ndarray, windows_days: tuple[int, ...]) -> np.ndarray:
+        """``(*items.shape, len(windows) + 1)`` interactions in each trailing window and in all time.
+
+        Args:
+            items: item indices, any shape.
+            as_of: times (us) broadcastable to ``items``.
+        """
+        start = np.searchsorted(self.keys, items * self.m, side="right")
+        end = self._position(items, as_of)
+        out = [end - self._position(items, as_of - w * DAY_US) for w in windows_days]
+        out.append(end - start)
+        return np.stack(out, axis=-1)
+
+    def first_last(self, items: np.ndarray, as_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """First and latest interaction time at or before as_of, and whether there is any."""
+        start = np.searchsorted(self.keys, items * self.m, side="right")
+        end = self._position(items, as_of)
+        seen = end > start
+        safe_first = np.minimum(start, len(self.times) - 1)
+        safe_last = np.maximum(end - 1, 0)
+        return self.times[safe_first], self.times[safe_last], seen
+
+
+@dataclass
+class RankingContext:
+    """What ranking features are computed from: the observed data and the retrieval model's item vectors."""
+
+    tables: FeatureTables
+    sequences: Sequences
+    timeline: ItemTimeline
+    item_vectors: np.ndarray  # (n_items + 1, D), unit length for cosine models
+    item_categories: sp.csr_matrix  # (n_items + 1, n_categories + 1) row-normalized multi-hot
+
+    @classmethod
+    def build(cls, tables: FeatureTables, sequences: Sequences, item_vectors: np.ndarray) -> RankingContext:
+        ragged = tables.items.bags[tables.spec.categories.name]
+        n_items, n_cat = tables.items.n_items, tables.spec.categories.size + 1
+        rows = np.repeat(np.arange(n_items), np.diff(ragged.offsets))
+        cats = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, ragged.values)), shape=(n_items, n_cat))
+        cats.data[:] = 1.0
+        norms = np.sqrt(np.asarray(cats.sum(axis=1)).ravel())
+        cats = sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ cats
+        norm_vec = np.linalg.norm(item_vectors, axis=1, keepdims=True)
+        unit = item_vectors / np.where(norm_vec > 0, norm_vec, 1.0)
+        return cls(
+            tables, sequences, ItemTimeline.from_sequences(sequences), unit.astype(np.float32), cats.tocsr()
+        )
+
+
+def _log_days(delta_us: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    days = np.where(seen, np.maximum(delta_us, 0) / DAY_US, NEVER_SEEN_DAYS)
+    return np.log1p(days)
+
+
+def dense_features(
+    ctx: RankingContext,
+    users: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    ranks: np.ndarray,
+    as_of: np.ndarray,
+    history: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """``(B, N, len(DENSE_FEATURES))`` float32 features of each user's candidates.
+
+    Args:
+        ctx: observed data and item vectors.
+        users: ``(B,)`` user indices.
+        items: ``(B, N)`` candidate item indices.
+        scores / ranks: ``(B, N)`` retrieval similarity and 1-based rank.
+        as_of: ``(B,)`` time (us) of each request.
+        history: the users' observed items ``(values, lengths)``, oldest first (at or before as_of).
+    """
+    b, n = items.shape
+    t = as_of[:, None]
+    counts = ctx.timeline.counts(items, t, POPULARITY_WINDOWS_DAYS)
+    first, last, seen = ctx.timeline.first_last(items, t)
+    values, lengths = history
+    hist_users = np.repeat(np.arange(b), lengths)
+    user_hist = sp.csr_matrix(
+        (np.ones(len(values), np.float32), (hist_users, values)), shape=(b, ctx.item_categories.shape[0])
+    )
+    user_cats = np.asarray((user_hist @ ctx.item_categories).todense())  # (B, C)
+    un = np.linalg.norm(user_cats, axis=1, keepdims=True)
+    user_cats /= np.where(un > 0, un, 1.0)
+    item_cats = ctx.item_categories[items.ravel()]  # (B*N, C)
+    affinity = np.asarray(item_cats.multiply(np.repeat(user_cats, n, axis=0)).sum(axis=1)).reshape(b, n)
+    # The latest RECENT_ITEMS of each history, padded with the unknown item 0 (a zero-similarity slot).
+    recent = np.zeros((b, RECENT_ITEMS), dtype=np.int64)
+    ends = np.cumsum(lengths)
+    for j in range(RECENT_ITEMS):
+        has = lengths > j
+        recent[has, j] = values[ends[has] - 1 - j]
+    cand = ctx.item_vectors[items]  # (B, N, D)
+    hist = ctx.item_vectors[recent]  # (B, R, D)
+    sims = np.einsum("bnd,brd->bnr", cand, hist)
+    valid = (recent > 0)[:, None, :]
+    sim_max = np.where(valid, sims, -1.0).max(axis=2)
+    sim_max = np.where(valid.any(axis=2), sim_max, 0.0)
+    sim_mean = np.where(valid, sims, 0.0).sum(axis=2) / np.maximum(valid.sum(axis=2), 1)
+    n_hist = np.log1p(ctx.sequences.lengths()[users]).astype(np.float32)
+    cols = [
+        # Gap to the best candidate's score rather than the raw score: the ranker is trained on one
+        # retriever's lists and applied to a refitted one's, whose scores sit on a different scale.
+        scores - scores.max(axis=1, keepdims=True),
+        np.log1p(ranks),
+        *np.log1p(counts).transpose(2, 0, 1),
+        _log_days(t - first, seen),
+        _log_days(t - last, seen),
+        affinity,
+        sim_max,
+        sim_mean,
+        np.broadcast_to(n_hist[:, None], (b, n)),
+    ]
+    return np.stack(cols, axis=-1).astype(np.float32)
+
+
+def sparse_bags(
+    tables: FeatureTables, users: np.ndarray, items: np.ndarray, last_item: np.ndarray
+) -> dict[str, Bag]:
+    """Sparse ranker features of ``B * N`` flattened pairs: user and item ids, attributes, the last item.
+
+    Args:
+        users: ``(B,)``; items: ``(B, N)``; last_item: ``(B,)`` the user's latest item (0 = none), a context
+            feature: what the user just did says most about what comes next.
+    """
+    n = items.shape[1]
+    flat_users = np.repeat(users, n)
+    out = {name: single(arr[flat_users]) for name, arr in tables.users.single.items()}
+    out.update(tables.items.bags_for(items.ravel()))
+    out[LAST_ITEM_FEATURE] = single(np.repeat(last_item, n))
+    return out
+
+
+def ranker_cardinalities(tables: FeatureTables) -> dict[str, int]:
+    """Embedding-table sizes of the ranker's sparse features, in KJT key order."""
+    return {
+        **tables.users.cardinalities,
+        **tables.items.cardinalities,
+        LAST_ITEM_FEATURE: tables.items.n_items,
+    }

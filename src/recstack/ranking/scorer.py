@@ -1,0 +1,110 @@
+"""The funnel's ranking stage: two-tower candidates re-scored by the DLRM ranker.
+
+Used by the ranker's own validation, the ``evaluate`` stage and the service alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recstack.models.artifact import ModelCard, load_card, load_weights
+from recstack.models.inputs import to_kjt
+from recstack.models.ranker import Ranker, RankerConfig
+from recstack.ranking.features import RankingContext, dense_features, sparse_bags
+from recstack.retrieval.two_tower import TwoTowerRetriever
+
+
+def request_times(ctx: RankingContext, users: np.ndarray) -> np.ndarray:
+    """``(B,)`` offline "request time" of each user: their latest observed interaction (us).
+
+    Users without observed interactions get the latest time in the data (a request made "now").
+    """
+    t = ctx.sequences.last_time(users)
+    fallback = int(ctx.sequences.times.max()) if len(ctx.sequences.times) else 0
+    return np.where(t >= 0, t, fallback)
+
+
+def last_items(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``(B,)`` the last item of each history (0 when empty)."""
+    ends = np.cumsum(lengths)
+    return np.where(lengths > 0, values[np.maximum(ends - 1, 0)] if len(values) else 0, 0)
+
+
+def pair_inputs(
+    ctx: RankingContext,
+    users: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    ranks: np.ndarray,
+    history_length: int,
+) -> tuple[np.ndarray, dict]:
+    """Dense ``(B, N, F)`` and sparse bags (``B * N`` pairs) of users' candidate lists, point-in-time."""
+    history = ctx.sequences.last(users, history_length)
+    dense = dense_features(ctx, users, items, scores, ranks, request_times(ctx, users), history)
+    bags = sparse_bags(ctx.tables, users, items, last_items(*history))
+    return dense, bags
+
+
+@dataclass
+class FunnelRanker:
+    """Retrieval (exact top-N over the catalog) then DLRM re-scoring of the N candidates."""
+
+    retriever: TwoTowerRetriever
+    ranker: Ranker
+    card: ModelCard
+    n_candidates: int
+
+    @classmethod
+    def load(
+        cls, ranker_dir: str | Path, retriever: TwoTowerRetriever, n_candidates: int | None = None
+    ) -> FunnelRanker:
+        """Load the ranker artifact; ``n_candidates`` defaults to the list length it was trained on."""
+        card = load_card(ranker_dir)
+        if card.kind != "dlrm":
+            raise ValueError(f"{ranker_dir} holds a {card.kind!r} model, not a dlrm ranker")
+        model = Ranker(RankerConfig(**card.config))
+        model.load_state_dict(load_weights(ranker_dir))
+        model.eval()
+        n = n_candidates or int(card.training.get("n_candidates", 200))
+        return cls(retriever=retriever, ranker=model, card=card, n_candidates=n)
+
+    @torch.no_grad()
+    def score_pairs(self, dense: np.ndarray, bags: dict) -> np.ndarray:
+        """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``."""
+        self.ranker.eval()
+        return self.ranker(torch.from_numpy(dense), to_kjt(bags)).numpy()
+
+    def rank(
+        self, ctx: RankingContext, users: np.ndarray, exclude: sp.csr_matrix, k: int, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per user after re-ranking the retriever's top ``n_candidates``.
+
+        Returns:
+            items ``(B, k)`` best first (-1 = empty slot), and ranker logits ``(B, k)``.
+        """
+        if k > self.n_candidates:
+            raise ValueError(f"k={k} is larger than the candidate list ({self.n_candidates})")
+        out_items, out_scores = [], []
+        length = self.retriever.config.history_length
+        for s in range(0, len(users), batch_size):
+            batch = users[s : s + batch_size]
+            items, sims = self.retriever.candidates(ctx.sequences, batch, exclude, self.n_candidates)
+            empty = items < 0
+            items = np.maximum(items, 0)  # empty slots are scored as the unknown item, then dropped
+            # ...with the list's lowest real score, so the score-gap feature of real items is unchanged.
+            lowest = np.min(np.where(empty, np.inf, sims), axis=1, keepdims=True)
+            sims = np.where(empty, np.where(np.isfinite(lowest), lowest, 0.0), sims)
+            ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
+            dense, bags = pair_inputs(ctx, batch, items, sims, ranks, length)
+            logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags).reshape(items.shape)
+            logits[empty] = -np.inf
+            items = np.where(empty, -1, items)
+            order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+            out_items.append(np.take_along_axis(items, order, axis=1))
+            out_scores.append(np.take_along_axis(logits, order, axis=1))
+        return np.concatenate(out_items), np.concatenate(out_scores)

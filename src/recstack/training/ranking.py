@@ -1,0 +1,259 @@
+"""Training data and Lightning system of the DLRM ranker.
+
+Training pairs come from the retrieval stage's own candidates (the model trained on the train part, whose
+future is the valid part): for every user with valid interactions, the top-N candidates (hard negatives,
+and positives where they were retrieved), the valid items the retriever missed (positives), and uniformly
+drawn random items (easy negatives). Features are point-in-time as of the user's last train interaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as L
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from recstack.evaluation.metrics import ranking_metrics
+from recstack.models.inputs import to_kjt
+from recstack.models.ranker import Ranker
+from recstack.ranking.features import RankingContext, sparse_bags
+from recstack.ranking.scorer import last_items, pair_inputs
+from recstack.retrieval.two_tower import TwoTowerRetriever
+from recstack.training.retrieval import _loader
+
+
+@dataclass
+class RankingPairs:
+    """Rectangular per-user lists: ``(U, W)`` items (0 = padding), labels and a candidate flag.
+
+    Columns ``[:n_candidates]`` are the retriever's top-N in order; then missed positives; then randoms.
+    """
+
+    users: np.ndarray  # (U,)
+    items: np.ndarray  # (U, W)
+    labels: np.ndarray  # (U, W) float32 1 = the user interacted with it in the target period
+    dense: np.ndarray  # (U, W, F)
+    last_item: np.ndarray  # (U,)
+    n_candidates: int
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.items > 0
+
+
+def _full_ranks(q: np.ndarray, vectors: np.ndarray, exclude: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+    """1-based rank of ``items`` ``(B, W)`` in each user's full masked score list."""
+    scores = q @ vectors.T
+    scores[:, 0] = -np.inf
+    scores[exclude.nonzero()] = -np.inf
+    own = np.take_along_axis(scores, items, axis=1)
+    sorted_desc = -np.sort(-scores, axis=1)
+    # Rank = 1 + number of items scoring strictly higher (searchsorted on the ascending negation).
+    return 1 + np.stack([np.searchsorted(-sorted_desc[r], -own[r], side="left") for r in range(len(q))])
+
+
+def build_pairs(
+    retriever: TwoTowerRetriever,
+    ctx: RankingContext,
+    target: sp.csr_matrix,
+    *,
+    n_candidates: int,
+    n_random: int,
+    seed: int,
+    batch_size: int = 256,
+) -> RankingPairs:
+    """Training / validation pairs for every user with target interactions.
+
+    Args:
+        retriever: the retrieval model that saw only the observed data of ``ctx``.
+        ctx: observed data (the train part) for features and exclusion.
+        target: ``(n_users + 1, n_items + 1)`` CSR of the period to predict (the valid part).
+        n_candidates: retriever list length (N).
+        n_random: random negatives per user.
+    """
+    rng = np.random.default_rng(seed)
+    exclude = _observed_matrix(ctx, target.shape)
+    users = np.flatnonzero(np.diff(target.indptr) > 0)
+    n_items = ctx.tables.items.n_items
+    lists, label_rows, dense_rows, last_rows = [], [], [], []
+    length = retriever.config.history_length
+    missed_max = 0
+    for s in range(0, len(users), batch_size):
+        batch = users[s : s + batch_size]
+        cand, _ = retriever.candidates(ctx.sequences, batch, exclude, n_candidates)
+        cand = np.maximum(cand, 0)  # empty slots (tiny catalogs) become padding
+        tgt = target[batch]
+        missed = []
+        for r in range(len(batch)):
+            pos = tgt.indices[tgt.indptr[r] : tgt.indptr[r + 1]]
+            missed.append(np.setdiff1d(pos, cand[r], assume_unique=False))
+        width_missed = max(len(m) for m in missed)
+        missed_max = max(missed_max, width_missed)
+        miss = np.zeros((len(batch), width_missed), dtype=np.int64)
+        for r, m in enumerate(missed):
+            miss[r, : len(m)] = m
+        rand = rng.integers(1, n_items, size=(len(batch), n_random))
+        items = np.concatenate([cand, miss, rand], axis=1)
+        q = retriever.user_vectors(ctx.sequences, batch)
+        ranks = _full_ranks(q, retriever.item_vectors, sp.csr_matrix(exclude[batch]), items)
+        sims = np.einsum("bd,bwd->bw", q, retriever.item_vectors[items])
+        dense, _ = pair_inputs(ctx, batch, items, sims.astype(np.float32), ranks, length)
+        labels = np.asarray(tgt[np.arange(len(batch))[:, None], items].todense(), dtype=np.float32)
+        # Random items the user already had (or padding) are neither positive nor negative: drop them.
+        observed = np.asarray(exclude[batch][np.arange(len(batch))[:, None], items].todense()) > 0
+        items = np.where(observed | (items == 0), 0, items)
+        lists.append(items)
+        label_rows.append(labels)
+        dense_rows.append(dense)
+        last_rows.append(last_items(*ctx.sequences.last(batch, 1)))
+    width = n_candidates + missed_max + n_random
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        cut = n_candidates + (a.shape[1] - n_candidates - n_random)
+        widths = [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+        # Keep the randoms at the end of every row: pad between the missed positives and the randoms.
+        return np.concatenate([np.pad(a[:, :cut], widths), a[:, cut:]], axis=1)
+
+    return RankingPairs(
+        users=users,
+        items=np.concatenate([pad(x) for x in lists]),
+        labels=np.concatenate([pad(x) for x in label_rows]),
+        dense=np.concatenate([pad(x) for x in dense_rows]),
+        last_item=np.concatenate(last_rows),
+        n_candidates=n_candidates,
+    )
+
+
+def _observed_matrix(ctx: RankingContext, shape: tuple[int, int]) -> sp.csr_matrix:
+    s = ctx.sequences
+    m = sp.csr_matrix((np.ones(len(s.items), np.float32), (s.example_users(), s.items)), shape=shape)
+    m.data[:] = 1.0
+    return m
+
+
+class PairBatches(Dataset):
+    """Index-batch dataset over the flattened non-padding pairs of some users."""
+
+    def __init__(self, pairs: RankingPairs, tables, user_rows: np.ndarray):
+        rows, cols = np.nonzero(pairs.mask[user_rows])
+        self.rows, self.cols = user_rows[rows], cols
+        self.pairs, self.tables = pairs, tables
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: list[int]) -> dict:
+        i = np.asarray(idx)
+        r, c = self.rows[i], self.cols[i]
+        p = self.pairs
+        bags = sparse_bags(self.tables, p.users[r], p.items[r, c][:, None], p.last_item[r])
+        return {
+            "dense": torch.from_numpy(p.dense[r, c]),
+            "sparse": to_kjt(bags),
+            "label": torch.from_numpy(p.labels[r, c]),
+        }
+
+
+class RankingSystem(L.LightningModule):
+    """BCE on pairs; validation re-ranks held-out users' candidate lists and reports P1 metrics.
+
+    Args:
+        model: the DLRM ranker.
+        pairs: all pairs; ``train_rows`` / ``valid_rows`` index its users.
+        tables: feature tables (for the sparse features).
+        batch_size / lr / weight_decay: training settings.
+        seed: batch order.
+    """
+
+    def __init__(
+        self,
+        model: Ranker,
+        pairs: RankingPairs,
+        tables,
+        train_rows: np.ndarray,
+        valid_rows: np.ndarray,
+        *,
+        batch_size: int = 2048,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-6,
+        seed: int = 42,
+    ):
+        super().__init__()
+        self.model, self.pairs, self.tables = model, pairs, tables
+        self.train_rows, self.valid_rows = train_rows, valid_rows
+        self.batch_size, self.lr, self.weight_decay, self.seed = batch_size, lr, weight_decay, seed
+        self._logits: list[np.ndarray] = []
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(
+            PairBatches(self.pairs, self.tables, self.train_rows), self.batch_size, True, self.seed
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.model(batch["dense"], batch["sparse"])
+        loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(logits))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def val_dataloader(self) -> DataLoader:
+        return _loader(_CandidateRows(self), 64, shuffle=False, seed=self.seed)
+
+    def on_validation_epoch_start(self) -> None:
+        self._logits = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.model(batch["dense"], batch["sparse"])
+        self._logits.append(logits.reshape(-1, self.pairs.n_candidates).numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._logits:
+            return
+        logits = np.concatenate(self._logits)
+        n = self.pairs.n_candidates
+        items = self.pairs.items[self.valid_rows, :n]
+        order = np.argsort(-logits, axis=1, kind="stable")
+        reranked = np.take_along_axis(items, order, axis=1)
+        relevant = self._valid_relevance()
+        m = ranking_metrics(reranked, relevant, ks=(10, 20))
+        # The retriever's own order of the same lists: what the ranker has to improve on.
+        base = ranking_metrics(items, relevant, ks=(10, 20))
+        for key in ("ndcg@10", "recall@10", "recall@20"):
+            self.log(f"valid_{key}", m[key])
+            self.log(f"valid_retrieval_{key}", base[key])
+
+    def _valid_relevance(self) -> sp.csr_matrix:
+        """``(len(valid_rows), n_items + 1)`` CSR of every target item of the held-out users."""
+        labels = self.pairs.labels[self.valid_rows]
+        items = self.pairs.items[self.valid_rows]
+        rows, cols = np.nonzero(labels > 0)
+        n_items = self.tables.items.n_items
+        m = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(len(self.valid_rows), n_items)
+        )
+        m.data[:] = 1.0
+        return m
+
+
+class _CandidateRows(Dataset):
+    """Validation batches: whole candidate lists (first N columns) of held-out users."""
+
+    def __init__(self, system: RankingSystem):
+        self.s = system
+
+    def __len__(self) -> int:
+        return len(self.s.valid_rows)
+
+    def __getitem__(self, idx: list[int]) -> dict:
+        p, n = self.s.pairs, self.s.pairs.n_candidates
+        r = self.s.valid_rows[np.asarray(idx)]
+        items = p.items[r, :n]
+        bags = sparse_bags(self.s.tables, p.users[r], items, p.last_item[r])
+        dense = p.dense[r, :n].reshape(-1, p.dense.shape[-1])
+        return {"dense": torch.from_numpy(np.ascontiguousarray(dense)), "sparse": to_kjt(bags)}

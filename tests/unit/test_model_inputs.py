@@ -1,0 +1,74 @@
+"""Model inputs: ragged gathers, bag weights, point-in-time histories and item timelines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+from recstack.models.inputs import Sequences, gather_ranges, mean_bag, recency_bag, to_kjt
+from recstack.ranking.features import DAY_US, ItemTimeline
+
+
+def test_gather_ranges_concatenates_slices() -> None:
+    values = np.arange(10) * 10
+    out = gather_ranges(values, np.array([2, 7, 0]), np.array([3, 0, 1]))
+    assert out.tolist() == [20, 30, 40, 0]
+
+
+def test_recency_bag_weights_sum_to_one_and_favour_the_latest() -> None:
+    bag = recency_bag(np.array([5, 6, 7, 9]), np.array([3, 0, 1]), decay=0.5)
+    # Row 0: ages 2, 1, 0 -> weights .25, .5, 1 normalized by 1.75.
+    assert bag.weights[:3] == pytest.approx([0.25 / 1.75, 0.5 / 1.75, 1 / 1.75])
+    assert bag.weights[3] == pytest.approx(1.0)
+    assert bag.lengths.tolist() == [3, 0, 1]
+
+
+def test_mean_bag_and_kjt_layout() -> None:
+    kjt = to_kjt(
+        {"a": mean_bag(np.array([1, 2, 3]), np.array([2, 1])), "b": mean_bag(np.array([4]), np.array([1, 0]))}
+    )
+    assert kjt.keys() == ["a", "b"]
+    assert kjt.lengths().tolist() == [2, 1, 1, 0]
+    assert kjt.weights().tolist() == pytest.approx([0.5, 0.5, 1.0, 1.0])
+
+
+def _sequences() -> Sequences:
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = [(1, 3, 0), (1, 1, 1), (1, 2, 2), (2, 2, 0), (2, 3, 5)]  # (user, item, day)
+    frame = pl.DataFrame(
+        {
+            "user_idx": [r[0] for r in rows],
+            "item_idx": [r[1] for r in rows],
+            "timestamp": [t0 + timedelta(days=r[2]) for r in rows],
+        }
+    )
+    return Sequences.from_interactions(frame.sample(fraction=1.0, shuffle=True, seed=1), n_users=2)
+
+
+def test_sequence_prefix_never_contains_the_example_itself() -> None:
+    s = _sequences()
+    assert s.items.tolist() == [3, 1, 2, 2, 3]  # user 1 in time order, then user 2
+    values, lengths = s.prefix(np.array([0, 1, 2, 3, 4]), max_length=5)
+    assert lengths.tolist() == [0, 1, 2, 0, 1]
+    assert values.tolist() == [3, 3, 1, 2]
+    values, lengths = s.prefix(np.array([2]), max_length=1)
+    assert values.tolist() == [1]  # only the latest earlier item
+    values, lengths = s.last(np.array([1, 2]), max_length=2)
+    assert values.tolist() == [1, 2, 2, 3] and lengths.tolist() == [2, 2]
+
+
+def test_item_timeline_counts_only_the_past() -> None:
+    s = _sequences()
+    tl = ItemTimeline.from_sequences(s)
+    day0 = int(s.times.min())
+    # Item 3: interactions on day 0 and day 5; item 2 on days 0 (user 2) and 2 (user 1).
+    as_of = np.array([[day0 + 4 * DAY_US], [day0 + 5 * DAY_US]])
+    counts = tl.counts(np.array([[3, 2], [3, 2]]), as_of, (1, 7))
+    assert counts[0, 0].tolist() == [0, 1, 1]  # item 3 on day 4: none in the last day, 1 in 7 days, 1 ever
+    assert counts[1, 0].tolist() == [1, 2, 2]  # day 5 includes the day-5 interaction (at or before)
+    assert counts[0, 1].tolist() == [0, 2, 2]
+    first, last, seen = tl.first_last(np.array([3, 1]), np.array([day0 + DAY_US, day0 - 1]))
+    assert seen.tolist() == [True, False] and first[0] == last[0] == day0
