@@ -110,8 +110,10 @@ def _model_metrics(project: Path) -> dict[str, dict]:
 
 def test_full_pipeline_trains_both_models_and_evaluates_every_system(project: Path) -> None:
     out = run(["dvc", "repro"], project).stdout
-    for stage in ("train_retrieval", "train_ranking", "evaluate"):
+    for stage in ("train_retrieval", "train_ranking", "evaluate", "build_index"):
         assert f"Running stage '{stage}'" in out
+    index = json.loads((project / "metrics" / "build_index.json").read_text())
+    assert index["n_items"] == 40 and index["recall"] >= 0.95  # 40 items: HNSW is all but exact
     metrics = _model_metrics(project)
     evaluate = metrics["evaluate"]
     assert set(evaluate) == SYSTEMS

@@ -1,0 +1,177 @@
+"""Approximate nearest-neighbour index (FAISS) over the candidate tower's item embeddings.
+
+The index uses the similarity the two-tower model was trained with: inner product on unit vectors for
+``cosine`` (the towers already normalize), plain inner product for ``dot``. HNSW is the default; IVF-Flat
+and IVF-PQ serve very large catalogs; ``flat`` is exact search (the reference recall is measured against).
+Row 0 of the embedding matrix (the unknown item) is never indexed: FAISS ids are item indices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
+
+INDEX_FILE = "items.faiss"
+INDEX_CARD = "index.json"
+IndexKind = Literal["hnsw", "ivf_flat", "ivf_pq", "flat"]
+
+
+class IndexConfig(BaseModel):
+    """FAISS index settings (``params.yaml: build_index``).
+
+    Attributes:
+        kind: ``hnsw`` (default), ``ivf_flat``, ``ivf_pq`` or ``flat`` (exact).
+        hnsw_m / ef_construction / ef_search: HNSW graph degree, build and search beam widths.
+        nlist / nprobe: IVF cells and cells visited per query (nlist is capped by the catalog size).
+        pq_m / pq_bits: IVF-PQ sub-quantizers (must divide the dimension) and bits per code.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: IndexKind = "hnsw"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    nlist: int = 1024
+    nprobe: int = 32
+    pq_m: int = 16
+    pq_bits: int = 8
+
+    @model_validator(mode="after")
+    def _positive(self) -> IndexConfig:
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"build_index.{name} must be >= 1, got {getattr(self, name)}")
+        return self
+
+
+def _metric(similarity: str) -> int:
+    if similarity not in ("cosine", "dot"):
+        raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+    return faiss.METRIC_INNER_PRODUCT  # cosine models emit unit vectors: inner product is cosine
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run FAISS on one OpenMP thread inside the block.
+
+    Why: on a small machine, waking OpenMP workers costs ~8 ms per search call while a single HNSW
+    query takes ~0.04 ms, so one-query-at-a-time callers (the service) must search single-threaded; and
+    HNSW insertion order across threads would make two builds differ.
+    """
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def make_index(item_vectors: np.ndarray, similarity: str, config: IndexConfig | None = None) -> faiss.Index:
+    """Index items ``1..n`` of ``item_vectors`` ``(n_items + 1, D)``; FAISS ids are item indices.
+
+    Built single-threaded: HNSW insertion order across threads would make two builds differ.
+    """
+    cfg = config or IndexConfig()
+    x = np.ascontiguousarray(item_vectors[1:], dtype=np.float32)
+    n, d = x.shape
+    if n == 0:
+        raise ValueError("no items to index: the catalog is empty")
+    metric = _metric(similarity)
+    with single_threaded():
+        if cfg.kind == "flat":
+            base: faiss.Index = faiss.IndexFlatIP(d)
+        elif cfg.kind == "hnsw":
+            base = faiss.IndexHNSWFlat(d, cfg.hnsw_m, metric)
+            base.hnsw.efConstruction = cfg.ef_construction
+            base.hnsw.efSearch = cfg.ef_search
+        else:
+            nlist = max(1, min(cfg.nlist, n // 39 or 1))  # FAISS wants >= 39 training points per cell
+            quantizer = faiss.IndexFlatIP(d)
+            if cfg.kind == "ivf_flat":
+                base = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+            else:
+                if d % cfg.pq_m:
+                    raise ValueError(f"build_index.pq_m={cfg.pq_m} must divide the embedding dimension {d}")
+                # PQ codebooks need ~39 points per centroid: fewer bits for small catalogs.
+                bits = max(1, min(cfg.pq_bits, int(math.log2(max(n // 39, 2)))))
+                base = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, bits, metric)
+            base.cp.seed = 1234  # k-means initialisation: fixed so builds repeat
+            base.train(x)
+            base.nprobe = min(cfg.nprobe, nlist)
+        index = faiss.IndexIDMap2(base)
+        index.add_with_ids(x, np.arange(1, n + 1, dtype=np.int64))
+    return index
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item indices ``(B, k)`` (-1 where fewer exist) and similarities ``(B, k)``."""
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return ids.astype(np.int64), scores
+
+
+@dataclass
+class IndexQuality:
+    """Recall of the ANN results against exact search, and query latency."""
+
+    recall: float
+    k: int
+    queries: int
+    ms_per_query_batch: float  # one batched call for all queries, per query
+    p50_ms: float  # single-query latency percentiles
+    p95_ms: float
+
+
+def measure(index: faiss.Index, item_vectors: np.ndarray, queries: np.ndarray, k: int = 100) -> IndexQuality:
+    """Recall@k of ``index`` against exact inner-product search over the same items, and its latency."""
+    exact = faiss.IndexFlatIP(item_vectors.shape[1])
+    exact.add(np.ascontiguousarray(item_vectors[1:], dtype=np.float32))
+    k = min(k, exact.ntotal)
+    _, truth = exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    truth += 1  # exact ids are positions in rows 1..n
+    start = time.perf_counter()
+    found, _ = search(index, queries, k)
+    batch_ms = 1000 * (time.perf_counter() - start) / max(len(queries), 1)
+    hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True))
+    single = []
+    with single_threaded():  # how the service searches: one request, one thread
+        for q in queries[: min(len(queries), 500)]:
+            t = time.perf_counter()
+            search(index, q[None, :], k)
+            single.append(1000 * (time.perf_counter() - t))
+    return IndexQuality(
+        recall=hits / (k * len(queries)),
+        k=k,
+        queries=len(queries),
+        ms_per_query_batch=batch_ms,
+        p50_ms=float(np.percentile(single, 50)),
+        p95_ms=float(np.percentile(single, 95)),
+    )
+
+
+def save_index(index: faiss.Index, out_dir: str | Path, card: dict) -> Path:
+    """Write ``items.faiss`` and ``index.json`` (settings, similarity, model version, quality)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(out / INDEX_FILE))
+    (out / INDEX_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def load_index(directory: str | Path) -> tuple[faiss.Index, dict]:
+    """Read an index written by :func:`save_index`, with a clear error when it is missing."""
+    d = Path(directory)
+    if not (d / INDEX_FILE).is_file():
+        raise FileNotFoundError(
+            f"{d / INDEX_FILE} does not exist: run the build_index stage (dvc repro build_index)"
+        )
+    return faiss.read_index(str(d / INDEX_FILE)), json.loads((d / INDEX_CARD).read_text())
