@@ -1,0 +1,252 @@
+"""Apply a :class:`~recstack.policy.schema.Policy` to a ranked candidate list, recording every action.
+
+Offline evaluation (``funnel_reranked``) and the service call :func:`rerank` with the same catalog view,
+so the policy measured offline is the policy served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from recstack.policy.schema import AttributeMatch, Policy
+
+CATEGORY_ATTRIBUTE = "category"
+
+
+@dataclass
+class PolicyCatalog:
+    """What rules need to know about items, indexed by item index (row 0 = unknown item).
+
+    Attributes:
+        item_ids: ``(n_items + 1,)`` raw item ids as strings ("" for row 0).
+        categories: ``(n_items + 1, n_categories)`` multi-hot CSR; ``category_names`` its columns.
+        attributes: item column -> ``(n_items + 1,)`` string values (e.g. brand).
+        age_days: ``(n_items + 1,)`` days since creation / first interaction at reference time (NaN unknown).
+        interactions: ``(n_items + 1,)`` observed interaction counts (uncertainty for exploration).
+    """
+
+    item_ids: np.ndarray
+    categories: sp.csr_matrix
+    category_names: list[str]
+    attributes: dict[str, np.ndarray]
+    age_days: np.ndarray
+    interactions: np.ndarray
+    _index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def index_of(self, item_id: str) -> int:
+        """Item index of a raw id (0 = unknown)."""
+        if not self._index:
+            self._index = {str(v): i for i, v in enumerate(self.item_ids) if i > 0}
+        return self._index.get(str(item_id), 0)
+
+    def matches(self, rule: AttributeMatch, items: np.ndarray) -> np.ndarray:
+        """Boolean ``(len(items),)``: items whose attribute takes one of the rule's values."""
+        wanted = set(rule.values)
+        if rule.attribute == CATEGORY_ATTRIBUTE:
+            cols = [j for j, name in enumerate(self.category_names) if name in wanted]
+            if not cols:
+                return np.zeros(len(items), dtype=bool)
+            return np.asarray(self.categories[items][:, cols].sum(axis=1)).ravel() > 0
+        if rule.attribute not in self.attributes:
+            raise ValueError(
+                f"policy rule on unknown item attribute {rule.attribute!r}; known: "
+                f"{sorted([CATEGORY_ATTRIBUTE, *self.attributes])}"
+            )
+        return np.isin(self.attributes[rule.attribute][items], list(wanted))
+
+
+@dataclass
+class Request:
+    """Per-request context the rules read."""
+
+    k: int
+    seen: frozenset[int] = frozenset()
+    exclude_item_ids: tuple[str, ...] = ()
+    region: str | None = None
+    seed: int = 0  # with the user and surface, makes exploration reproducible
+
+
+@dataclass
+class Placed:
+    """One recommended item and the story of how it got there."""
+
+    item: int
+    item_id: str
+    score: float  # the ranker's (or retriever's) score
+    relevance: float  # after boosts / freshness, what ordering used
+    source: str  # which stage found it: retrieval, exploration, pin, sponsored, fallback...
+    actions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Reranked:
+    items: list[Placed]
+    filtered: dict[int, str]  # item -> why it was removed
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def _filter(policy: Policy, cat: PolicyCatalog, req: Request, items: np.ndarray) -> dict[int, str]:
+    out: dict[int, str] = {}
+    excluded = {cat.index_of(i) for i in (*policy.exclude_item_ids, *req.exclude_item_ids)}
+    for rule in policy.exclude:
+        for it in items[cat.matches(rule, items)]:
+            out.setdefault(int(it), f"excluded: {rule.attribute} in {rule.values}")
+    for it in items:
+        i = int(it)
+        if policy.filter_seen and i in req.seen:
+            out.setdefault(i, "already seen")
+        elif i in excluded:
+            out.setdefault(i, "excluded item")
+        elif req.region is not None:
+            regions = policy.available_regions.get(str(cat.item_ids[i]))
+            if regions is not None and req.region not in regions:
+                out.setdefault(i, f"not available in region {req.region}")
+    return out
+
+
+def _mmr(
+    order: list[int], rel: dict[int, float], cat: PolicyCatalog, lam: float, window: int, k: int
+) -> list[int]:
+    """Maximal marginal relevance over the first ``window`` items; similarity = category cosine."""
+    pool = order[:window]
+    v = cat.categories[pool].astype(np.float64)
+    norms = np.sqrt(np.asarray(v.multiply(v).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    sim = np.asarray(((sp.diags(1 / norms) @ v) @ (sp.diags(1 / norms) @ v).T).todense())
+    chosen: list[int] = []
+    left = list(range(len(pool)))
+    while left and len(chosen) < k:
+        best = max(
+            left,
+            key=lambda j: (
+                lam * rel[pool[j]] - (1 - lam) * (max(sim[j, c] for c in chosen) if chosen else 0.0)
+            ),
+        )
+        chosen.append(best)
+        left.remove(best)
+    picked = [pool[j] for j in chosen]
+    return picked + [i for i in order if i not in set(picked)]
+
+
+def rerank(
+    policy: Policy,
+    catalog: PolicyCatalog,
+    request: Request,
+    items: np.ndarray,
+    scores: np.ndarray,
+    source: str = "retrieval",
+    extra_candidates: np.ndarray | None = None,
+) -> Reranked:
+    """Apply ``policy`` to ``items`` ``(N,)`` ranked by ``scores`` ``(N,)`` (higher = better).
+
+    Args:
+        extra_candidates: items exploration may draw from besides the tail of the list (e.g. new items).
+    """
+    valid = items > 0
+    items, scores = items[valid].astype(np.int64), scores[valid].astype(np.float64)
+    filtered = _filter(policy, catalog, request, items)
+    keep = np.array([int(i) not in filtered for i in items], dtype=bool)
+    items, scores = items[keep], scores[keep]
+    # Rules multiply a relevance in (0, 1]: scores (logits, similarities) are min-max scaled per list first,
+    # so a boost means the same thing whatever the scale of the model's scores.
+    span = float(scores.max() - scores.min()) if len(scores) else 0.0
+    rel = 0.05 + 0.95 * (scores - scores.min()) / span if span > 0 else np.ones(len(scores))
+    actions: dict[int, list[str]] = {int(i): [] for i in items}
+    for b in policy.boosts:
+        hit = catalog.matches(b, items)
+        rel[hit] *= b.factor
+        for i in items[hit]:
+            actions[int(i)].append(f"{'boost' if b.factor >= 1 else 'bury'} x{b.factor} ({b.attribute})")
+    if policy.freshness is not None:
+        fresh = catalog.age_days[items] < policy.freshness.max_age_days
+        rel[fresh] *= policy.freshness.factor
+        for i in items[fresh]:
+            actions[int(i)].append(
+                f"fresh (< {policy.freshness.max_age_days:g} days) x{policy.freshness.factor}"
+            )
+    relevance = {int(i): float(r) for i, r in zip(items, rel, strict=True)}
+    base_score = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
+    order = [int(i) for i in items[np.argsort(-rel, kind="stable")]]
+    before = {i: p for p, i in enumerate(order)}
+    d = policy.diversity
+    if d is not None and d.method == "mmr" and order:
+        order = _mmr(order, relevance, catalog, d.lambda_, d.window, request.k)
+    if d is not None and (d.max_per_category is not None or d.method == "category_cap"):
+        cap = d.max_per_category or 2
+        counts: dict[int, int] = {}
+        capped, overflow = [], []
+        for i in order:
+            cats = catalog.categories[i].indices.tolist()
+            if cats and any(counts.get(c, 0) >= cap for c in cats):
+                overflow.append(i)
+                actions[i].append(f"category cap {cap}: moved down")
+                continue
+            for c in cats:
+                counts[c] = counts.get(c, 0) + 1
+            capped.append(i)
+        order = capped + overflow
+    if d is not None and d.method == "mmr":
+        for p, i in enumerate(order[: request.k]):
+            if p != before[i]:
+                actions[i].append(f"mmr: {before[i] + 1} -> {p + 1}")
+    sources = dict.fromkeys(order, source)
+    top = order[: request.k]
+    e = policy.exploration
+    if e is not None and e.fraction > 0 and request.k >= e.start_position:
+        n_slots = round(e.fraction * (request.k - e.start_position + 1))
+        pool = [i for i in order[request.k :] if catalog.interactions[i] <= e.max_item_interactions]
+        if extra_candidates is not None:
+            pool += [
+                int(i)
+                for i in extra_candidates
+                if int(i) > 0
+                and int(i) not in filtered
+                and int(i) not in relevance
+                and int(i) not in request.seen
+                and catalog.interactions[int(i)] <= e.max_item_interactions
+            ]
+        rng = np.random.default_rng(_seed(request.seed, request.k, len(order)))
+        picks = [pool[j] for j in rng.permutation(len(pool))[:n_slots]] if pool else []
+        slots = sorted(rng.choice(np.arange(e.start_position - 1, request.k), size=len(picks), replace=False))
+        for slot, item in zip(slots, picks, strict=True):
+            top.insert(int(slot), item)
+            sources[item] = "exploration"
+            actions.setdefault(item, []).append(f"exploration slot {int(slot) + 1}")
+            relevance.setdefault(item, 0.0)
+            base_score.setdefault(item, float("nan"))
+        top = top[: request.k]
+    for slot_rule, kind in [(p, "pin") for p in policy.pins] + [(s, "sponsored") for s in policy.sponsored]:
+        ids = [slot_rule.item_id] if kind == "pin" else slot_rule.item_ids
+        options = [catalog.index_of(x) for x in ids]
+        options = [i for i in options if i > 0 and i not in filtered and i not in request.seen]
+        if not options:
+            continue
+        # Sponsored: the best-ranked eligible item; pins: the named one.
+        item = min(options, key=lambda i: before.get(i, len(before))) if kind == "sponsored" else options[0]
+        if item in top:
+            top.remove(item)
+        top.insert(min(slot_rule.position, len(top) + 1) - 1, item)
+        sources[item] = kind
+        actions.setdefault(item, []).append(f"{kind} at position {slot_rule.position}")
+        relevance.setdefault(item, 0.0)
+        base_score.setdefault(item, float("nan"))
+        top = top[: request.k]
+    placed = [
+        Placed(
+            item=i,
+            item_id=str(catalog.item_ids[i]),
+            score=base_score.get(i, float("nan")),
+            relevance=relevance.get(i, 0.0),
+            source=sources.get(i, source),
+            actions=actions.get(i, []),
+        )
+        for i in top
+    ]
+    return Reranked(items=placed, filtered=filtered)
