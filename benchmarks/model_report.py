@@ -13,7 +13,7 @@ from pathlib import Path
 
 from recstack.jsonio import read_json
 
-SYSTEMS = ("most_popular", "ease", "rp3beta", "two_tower", "funnel")
+SYSTEMS = ("most_popular", "ease", "rp3beta", "two_tower", "funnel", "funnel_reranked")
 KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "coverage@10", "diversity@10", "novelty@10")
 
 

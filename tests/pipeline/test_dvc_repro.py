@@ -98,7 +98,7 @@ def test_changing_one_parameter_reruns_only_what_depends_on_it(project: Path) ->
     assert spec["history_length"] == 5
 
 
-SYSTEMS = {"most_popular", "ease", "rp3beta", "two_tower", "funnel"}
+SYSTEMS = {"most_popular", "ease", "rp3beta", "two_tower", "funnel", "funnel_reranked"}
 
 
 def _model_metrics(project: Path) -> dict[str, dict]:

@@ -28,6 +28,9 @@ from recstack.evaluation.metrics import DEFAULT_KS, intra_list_diversity, popula
 from recstack.evaluation.segments import segment_metrics
 from recstack.evaluation.topk import p1_matrices, p1_valid_matrices, topk
 from recstack.models.inputs import FeatureTables, Sequences
+from recstack.policy.catalog import policy_catalog
+from recstack.policy.rerank import Request, rerank
+from recstack.policy.schema import Policy, load_policy
 from recstack.ranking.features import RankingContext
 from recstack.ranking.scorer import FunnelRanker
 from recstack.retrieval.two_tower import TwoTowerRetriever
@@ -108,6 +111,7 @@ def evaluate(
     tuning_metric: str = "ndcg@10",
     short_history_max: int = 20,
     head_interaction_share: float = 0.5,
+    policy: Policy | dict | None = None,
 ) -> EvaluateResult:
     """Evaluate baselines, the two-tower and the funnel on the test split under protocol P1.
 
@@ -120,6 +124,8 @@ def evaluate(
         tune_baselines: grid-search each baseline on valid (``DEFAULT_GRIDS``) before the refit.
         tuning_metric: the valid metric tuning maximizes.
         short_history_max / head_interaction_share: segment definitions.
+        policy: the re-ranking policy (``params.yaml: policy``); when given, ``funnel_reranked`` is the
+            funnel's full candidate list re-ranked by it, the same code the service runs.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -179,19 +185,47 @@ def evaluate(
             funnel = FunnelRanker.load(Path(ranking_dir) / RANKING_MODEL_DIR, retriever)
             funnel.n_candidates = min(funnel.n_candidates, n_items)
             ctx = RankingContext.build(tables, fit_seq, retriever.item_vectors)
-            ranked, _ = funnel.rank(ctx, users, fit, min(k_max, funnel.n_candidates))
-            rankings["funnel"] = ranked
+            ranked, logits = funnel.rank(ctx, users, fit, funnel.n_candidates)
+            rankings["funnel"] = ranked[:, :k_max]
             metrics["funnel"] = {
-                **ev.score(_pad(ranked, k_max)),
+                **ev.score(_pad(ranked[:, :k_max], k_max)),
                 "n_candidates": funnel.n_candidates,
                 "version": funnel.card.version,
             }
             seconds["funnel"] = time.perf_counter() - start
+            if policy is not None:
+                start = time.perf_counter()
+                rules = policy if isinstance(policy, Policy) else load_policy(policy)
+                reranked = _apply_policy(
+                    rules, policy_catalog(tables, features_dir), users, fit, ranked, logits, k_max
+                )
+                rankings["funnel_reranked"] = reranked
+                metrics["funnel_reranked"] = {**ev.score(reranked), "policy": rules.name}
+                seconds["funnel_reranked"] = time.perf_counter() - start
     # Segments go to their own file: nested in the main one they would drown `dvc metrics show`.
     segments = {name: m.pop("segments") for name, m in metrics.items()}
     return EvaluateResult(
         metrics=metrics, segments=segments, curves=_curves(rankings, ev), tuning=tuning, seconds=seconds
     )
+
+
+def _apply_policy(
+    policy: Policy,
+    catalog,
+    users: np.ndarray,
+    seen: sp.csr_matrix,
+    ranked: np.ndarray,
+    logits: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Each user's funnel list re-ranked by the policy, as the service would: ``(B, k)``, -1 = empty."""
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    for r, u in enumerate(users):
+        request = Request(k=k, seen=frozenset(seen[u].indices.tolist()), seed=int(u))
+        result = rerank(policy, catalog, request, ranked[r], logits[r])
+        items = [p.item for p in result.items]
+        out[r, : len(items)] = items
+    return out
 
 
 def _pad(ranked: np.ndarray, k: int) -> np.ndarray:

@@ -114,25 +114,30 @@ def _filter(policy: Policy, cat: PolicyCatalog, req: Request, items: np.ndarray)
 def _mmr(
     order: list[int], rel: dict[int, float], cat: PolicyCatalog, lam: float, window: int, k: int
 ) -> list[int]:
-    """Maximal marginal relevance over the first ``window`` items; similarity = category cosine."""
+    """Maximal marginal relevance over the first ``window`` items; similarity = category cosine.
+
+    Each step picks ``argmax lam * rel - (1 - lam) * max_sim_to_chosen``; the running max similarity is
+    updated incrementally, so a step costs O(window).
+    """
     pool = order[:window]
     v = cat.categories[pool].astype(np.float64)
     norms = np.sqrt(np.asarray(v.multiply(v).sum(axis=1)).ravel())
     norms[norms == 0] = 1.0
-    sim = np.asarray(((sp.diags(1 / norms) @ v) @ (sp.diags(1 / norms) @ v).T).todense())
+    unit = sp.diags(1 / norms) @ v
+    sim = np.asarray((unit @ unit.T).todense())
+    relevance = np.array([rel[i] for i in pool])
+    max_sim = np.zeros(len(pool))
+    free = np.ones(len(pool), dtype=bool)
     chosen: list[int] = []
-    left = list(range(len(pool)))
-    while left and len(chosen) < k:
-        best = max(
-            left,
-            key=lambda j: (
-                lam * rel[pool[j]] - (1 - lam) * (max(sim[j, c] for c in chosen) if chosen else 0.0)
-            ),
-        )
+    for _ in range(min(k, len(pool))):
+        gain = np.where(free, lam * relevance - (1 - lam) * max_sim, -np.inf)
+        best = int(np.argmax(gain))  # first of equal gains: the better-ranked item
         chosen.append(best)
-        left.remove(best)
+        free[best] = False
+        max_sim = np.maximum(max_sim, sim[best])
     picked = [pool[j] for j in chosen]
-    return picked + [i for i in order if i not in set(picked)]
+    taken = set(picked)
+    return picked + [i for i in order if i not in taken]
 
 
 def rerank(
