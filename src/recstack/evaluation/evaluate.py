@@ -89,17 +89,6 @@ class _Eval:
         return out
 
 
-def _category_matrix(tables: FeatureTables) -> sp.csr_matrix:
-    ragged = tables.items.bags[tables.spec.categories.name]
-    rows = np.repeat(np.arange(tables.items.n_items), np.diff(ragged.offsets))
-    m = sp.csr_matrix(
-        (np.ones(len(rows), np.float32), (rows, ragged.values)),
-        shape=(tables.items.n_items, tables.spec.categories.size + 1),
-    )
-    m.data[:] = 1.0
-    return m
-
-
 def evaluate(
     features_dir: str | Path,
     retrieval_dir: str | Path | None,
@@ -144,7 +133,7 @@ def evaluate(
         fit=fit,
         test=test,
         item_count=np.asarray(fit.sum(axis=0)).ravel(),
-        categories=_category_matrix(tables),
+        categories=tables.category_matrix(),
         n_items=n_items,
         ks=ks,
         short_history_max=short_history_max,

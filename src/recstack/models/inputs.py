@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 from torchrec import KeyedJaggedTensor
 
@@ -111,6 +112,29 @@ def to_kjt(bags: dict[str, Bag]) -> KeyedJaggedTensor:
     )
 
 
+def _attribute_columns(
+    frame: pl.DataFrame,
+    categorical: dict,
+    numeric: dict,
+    cardinalities: dict[str, int],
+    time_varying: tuple[str, ...],
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Index arrays (and table sizes) of the encoded categorical attributes and static numeric buckets."""
+    single: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}
+    columns = [(f"{col}_idx", vocab.name) for col, vocab in categorical.items()]
+    columns += [
+        (f"{col}_bucket", f"{enc.name}_bucket")
+        for col, enc in numeric.items()
+        if not _time_varying(col, time_varying)
+    ]
+    for column, name in columns:
+        values = frame[column] if column in frame.columns else pl.Series(column, [0] * frame.height)
+        single[name] = values.fill_null(0).to_numpy().astype(np.int64)
+        sizes[name] = cardinalities[name]
+    return single, sizes
+
+
 @dataclass
 class ItemFeatures:
     """Content features of every catalog item, indexed by ``item_idx`` (row 0 = unknown item).
@@ -135,17 +159,11 @@ class ItemFeatures:
             items.unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
         )
         card = spec.cardinalities()
-        single = {ITEM_ID_FEATURE: np.arange(n, dtype=np.int64)}
-        sizes = {ITEM_ID_FEATURE: n}
-        for col, vocab in spec.item_categorical.items():
-            single[vocab.name] = frame[f"{col}_idx"].fill_null(0).to_numpy().astype(np.int64)
-            sizes[vocab.name] = card[vocab.name]
-        for col, enc in spec.item_numeric.items():
-            if _time_varying(col, TIME_VARYING_ITEM_COLUMNS):
-                continue
-            name = f"{enc.name}_bucket"
-            single[name] = frame[f"{col}_bucket"].fill_null(0).to_numpy().astype(np.int64)
-            sizes[name] = card[name]
+        attrs, attr_sizes = _attribute_columns(
+            frame, spec.item_categorical, spec.item_numeric, card, TIME_VARYING_ITEM_COLUMNS
+        )
+        single = {ITEM_ID_FEATURE: np.arange(n, dtype=np.int64), **attrs}
+        sizes = {ITEM_ID_FEATURE: n, **attr_sizes}
         bags = {
             spec.categories.name: Ragged.from_series(frame[CATEGORY_IDX]),
             spec.title_tokens.name: Ragged.from_series(frame[TITLE_TOKEN_IDX]),
@@ -171,6 +189,16 @@ class ItemFeatures:
         """``items`` ``(B,)`` -> weighted KJT with one key per candidate feature."""
         return to_kjt(self.bags_for(items))
 
+    def category_matrix(self, name: str, n_categories: int) -> sp.csr_matrix:
+        """Binary multi-hot ``(n_items + 1, n_categories + 1)`` CSR of the bag ``name`` (column 0 = unknown)."""
+        ragged = self.bags[name]
+        rows = np.repeat(np.arange(self.n_items), np.diff(ragged.offsets))
+        m = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, ragged.values)), shape=(self.n_items, n_categories + 1)
+        )
+        m.data[:] = 1.0  # a category listed twice counts once
+        return m
+
 
 @dataclass
 class UserFeatures:
@@ -185,18 +213,11 @@ class UserFeatures:
         n = spec.user_id.size + 1
         known = users.filter(pl.col(USER_IDX) > 0).unique(USER_IDX, keep="first")
         frame = pl.DataFrame({USER_IDX: np.arange(n, dtype=np.int32)}).join(known, on=USER_IDX, how="left")
-        card = spec.cardinalities()
-        single = {USER_ID_FEATURE: np.arange(n, dtype=np.int64)}
-        sizes = {USER_ID_FEATURE: n}
-        for col, vocab in spec.user_categorical.items():
-            single[vocab.name] = frame[f"{col}_idx"].fill_null(0).to_numpy().astype(np.int64)
-            sizes[vocab.name] = card[vocab.name]
-        for col, enc in spec.user_numeric.items():
-            if _time_varying(col, TIME_VARYING_USER_COLUMNS):
-                continue
-            name = f"{enc.name}_bucket"
-            single[name] = frame[f"{col}_bucket"].fill_null(0).to_numpy().astype(np.int64)
-            sizes[name] = card[name]
+        attrs, attr_sizes = _attribute_columns(
+            frame, spec.user_categorical, spec.user_numeric, spec.cardinalities(), TIME_VARYING_USER_COLUMNS
+        )
+        single = {USER_ID_FEATURE: np.arange(n, dtype=np.int64), **attrs}
+        sizes = {USER_ID_FEATURE: n, **attr_sizes}
         return cls(single=single, cardinalities=sizes)
 
     def attribute_rows(self, attributes: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
@@ -204,13 +225,10 @@ class UserFeatures:
         from recstack.features.transform import encode_users
 
         enc = encode_users(spec, attributes.lazy()).collect()
-        out = {USER_ID_FEATURE: enc[USER_IDX].to_numpy().astype(np.int64)}
-        for col, vocab in spec.user_categorical.items():
-            out[vocab.name] = enc[f"{col}_idx"].fill_null(0).to_numpy().astype(np.int64)
-        for col, e in spec.user_numeric.items():
-            if not _time_varying(col, TIME_VARYING_USER_COLUMNS):
-                out[f"{e.name}_bucket"] = enc[f"{col}_bucket"].fill_null(0).to_numpy().astype(np.int64)
-        return out
+        attrs, _ = _attribute_columns(
+            enc, spec.user_categorical, spec.user_numeric, spec.cardinalities(), TIME_VARYING_USER_COLUMNS
+        )
+        return {USER_ID_FEATURE: enc[USER_IDX].to_numpy().astype(np.int64), **attrs}
 
 
 @dataclass
@@ -252,6 +270,15 @@ class Sequences:
     def example_users(self) -> np.ndarray:
         """``(N,)`` the user of each row."""
         return np.repeat(np.arange(len(self.offsets) - 1), self.lengths())
+
+    def matrix(self, n_items: int) -> sp.csr_matrix:
+        """Binary ``(n_users + 1, n_items)`` CSR of the observed (user, item) pairs."""
+        m = sp.csr_matrix(
+            (np.ones(len(self.items), np.float32), (self.example_users(), self.items)),
+            shape=(len(self.offsets) - 1, n_items),
+        )
+        m.data[:] = 1.0  # repeated pairs count once
+        return m
 
     def prefix(self, rows: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
         """History strictly before each row ``rows`` ``(B,)``: the user's previous ``max_length`` items.
@@ -315,6 +342,10 @@ class FeatureTables:
             items=ItemFeatures.from_table(pl.read_parquet(d / ITEMS_FILE), spec),
             users=UserFeatures.from_table(pl.read_parquet(d / USERS_FILE), spec),
         )
+
+    def category_matrix(self) -> sp.csr_matrix:
+        """Binary ``(n_items + 1, n_categories + 1)`` item-category CSR (column 0 = unknown category)."""
+        return self.items.category_matrix(self.spec.categories.name, self.spec.categories.size)
 
     def query_cardinalities(self) -> dict[str, int]:
         """Embedding-table sizes of the query features (the history bag indexes items)."""

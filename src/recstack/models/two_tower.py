@@ -7,13 +7,17 @@ Model code only (no training loop, no data loading): the training system lives i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+
+if TYPE_CHECKING:
+    from recstack.models.inputs import ItemFeatures
 
 Similarity = Literal["cosine", "dot"]
 
@@ -118,3 +122,16 @@ class TwoTower(nn.Module):
     def forward(self, query: KeyedJaggedTensor, candidate: KeyedJaggedTensor) -> torch.Tensor:
         """Logits ``(B_q, B_c)``: every query against every candidate, divided by the temperature."""
         return self.query(query) @ self.candidate(candidate).T / self.config.temperature
+
+
+@torch.no_grad()
+def item_embeddings(model: TwoTower, items: ItemFeatures, batch_size: int = 4096) -> torch.Tensor:
+    """``(n_items + 1, D)`` candidate embeddings of the whole catalog (row 0 = the unknown item)."""
+    was_training = model.training
+    model.eval()
+    out = [
+        model.candidate(items.kjt(np.arange(s, min(s + batch_size, items.n_items))))
+        for s in range(0, items.n_items, batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from recstack.data.io import ITEMS_FILE
 from recstack.features.transform import ITEM_AGE, ITEM_IDX, pop_column
@@ -23,15 +22,8 @@ def policy_catalog(tables: FeatureTables, features_dir: str | Path) -> PolicyCat
     )
     spec = tables.spec
     ids = np.array([""] + [str(v) for v in spec.item_id.values.to_list()], dtype=object)
-    ragged = tables.items.bags[spec.categories.name]
-    rows = np.repeat(np.arange(n), np.diff(ragged.offsets))
-    # Category vocabulary index j (1-based, 0 = unknown) becomes column j - 1.
-    keep = ragged.values > 0
-    cats = sp.csr_matrix(
-        (np.ones(int(keep.sum()), np.float32), (rows[keep], ragged.values[keep] - 1)),
-        shape=(n, spec.categories.size),
-    )
-    cats.data[:] = 1.0
+    # Drop column 0 (unknown category): policy rules name real categories only.
+    cats = tables.category_matrix()[:, 1:]
     attributes = {
         col: frame[col].cast(pl.String).fill_null("").to_numpy().astype(object)
         for col in spec.item_categorical

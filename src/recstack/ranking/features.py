@@ -108,11 +108,7 @@ class RankingContext:
 
     @classmethod
     def build(cls, tables: FeatureTables, sequences: Sequences, item_vectors: np.ndarray) -> RankingContext:
-        ragged = tables.items.bags[tables.spec.categories.name]
-        n_items, n_cat = tables.items.n_items, tables.spec.categories.size + 1
-        rows = np.repeat(np.arange(n_items), np.diff(ragged.offsets))
-        cats = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, ragged.values)), shape=(n_items, n_cat))
-        cats.data[:] = 1.0
+        cats = tables.category_matrix()
         norms = np.sqrt(np.asarray(cats.sum(axis=1)).ravel())
         cats = sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ cats
         norm_vec = np.linalg.norm(item_vectors, axis=1, keepdims=True)

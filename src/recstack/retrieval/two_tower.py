@@ -16,8 +16,7 @@ import torch
 from recstack.evaluation.topk import topk
 from recstack.models.artifact import ModelCard, load_card, load_weights
 from recstack.models.inputs import FeatureTables, Sequences, query_bags, to_kjt
-from recstack.models.two_tower import TwoTower, TwoTowerConfig
-from recstack.training.retrieval import item_embeddings
+from recstack.models.two_tower import TwoTower, TwoTowerConfig, item_embeddings
 
 
 @dataclass
@@ -68,15 +67,22 @@ class TwoTowerRetriever:
         return np.concatenate(out) if out else np.empty((0, self.item_vectors.shape[1]), np.float32)
 
     def candidates(
-        self, sequences: Sequences, users: np.ndarray, exclude: sp.csr_matrix, k: int
+        self,
+        sequences: Sequences,
+        users: np.ndarray,
+        exclude: sp.csr_matrix,
+        k: int,
+        query: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact full-catalog top-``k`` per user (``exclude``d items and the unknown item never appear).
+
+        ``query`` ``(B, D)``: the users' query vectors when the caller already has them.
 
         Returns:
             items ``(B, k)`` int64 best first (-1 = empty slot: fewer than ``k`` recommendable items),
             and their similarity scores ``(B, k)`` float32 (-inf for empty slots).
         """
-        q = self.user_vectors(sequences, users)
+        q = self.user_vectors(sequences, users) if query is None else query
         local = sp.csr_matrix(exclude[users])
         ranked = topk(lambda idx: q[idx] @ self.item_vectors.T, np.arange(len(users)), local, k)
         scores = np.einsum("bd,bkd->bk", q, self.item_vectors[np.maximum(ranked, 0)])

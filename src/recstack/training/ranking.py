@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from recstack.evaluation.metrics import ranking_metrics
-from recstack.models.inputs import to_kjt
+from recstack.models.inputs import FeatureTables, to_kjt
 from recstack.models.ranker import Ranker
 from recstack.ranking.features import RankingContext, sparse_bags
 from recstack.ranking.scorer import last_items, pair_inputs
@@ -76,7 +76,7 @@ def build_pairs(
         n_random: random negatives per user.
     """
     rng = np.random.default_rng(seed)
-    exclude = _observed_matrix(ctx, target.shape)
+    exclude = ctx.sequences.matrix(target.shape[1])
     users = np.flatnonzero(np.diff(target.indptr) > 0)
     n_items = ctx.tables.items.n_items
     lists, label_rows, dense_rows, last_rows = [], [], [], []
@@ -84,7 +84,8 @@ def build_pairs(
     missed_max = 0
     for s in range(0, len(users), batch_size):
         batch = users[s : s + batch_size]
-        cand, _ = retriever.candidates(ctx.sequences, batch, exclude, n_candidates)
+        q = retriever.user_vectors(ctx.sequences, batch)
+        cand, _ = retriever.candidates(ctx.sequences, batch, exclude, n_candidates, query=q)
         cand = np.maximum(cand, 0)  # empty slots (tiny catalogs) become padding
         tgt = target[batch]
         missed = []
@@ -98,7 +99,6 @@ def build_pairs(
             miss[r, : len(m)] = m
         rand = rng.integers(1, n_items, size=(len(batch), n_random))
         items = np.concatenate([cand, miss, rand], axis=1)
-        q = retriever.user_vectors(ctx.sequences, batch)
         ranks = _full_ranks(q, retriever.item_vectors, sp.csr_matrix(exclude[batch]), items)
         sims = np.einsum("bd,bwd->bw", q, retriever.item_vectors[items])
         dense, _ = pair_inputs(ctx, batch, items, sims.astype(np.float32), ranks, length)
@@ -128,17 +128,10 @@ def build_pairs(
     )
 
 
-def _observed_matrix(ctx: RankingContext, shape: tuple[int, int]) -> sp.csr_matrix:
-    s = ctx.sequences
-    m = sp.csr_matrix((np.ones(len(s.items), np.float32), (s.example_users(), s.items)), shape=shape)
-    m.data[:] = 1.0
-    return m
-
-
 class PairBatches(Dataset):
     """Index-batch dataset over the flattened non-padding pairs of some users."""
 
-    def __init__(self, pairs: RankingPairs, tables, user_rows: np.ndarray):
+    def __init__(self, pairs: RankingPairs, tables: FeatureTables, user_rows: np.ndarray):
         rows, cols = np.nonzero(pairs.mask[user_rows])
         self.rows, self.cols = user_rows[rows], cols
         self.pairs, self.tables = pairs, tables
@@ -173,7 +166,7 @@ class RankingSystem(L.LightningModule):
         self,
         model: Ranker,
         pairs: RankingPairs,
-        tables,
+        tables: FeatureTables,
         train_rows: np.ndarray,
         valid_rows: np.ndarray,
         *,

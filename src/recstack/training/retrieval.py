@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from recstack.evaluation.metrics import ranking_metrics
 from recstack.evaluation.topk import topk
 from recstack.models.inputs import ItemFeatures, Sequences, UserFeatures, query_bags, to_kjt
-from recstack.models.two_tower import TwoTower
+from recstack.models.two_tower import TwoTower, item_embeddings
 
 
 @dataclass
@@ -42,14 +42,7 @@ class RetrievalData:
 
     def exclude(self) -> sp.csr_matrix:
         """Observed (user, item) pairs as a CSR: what full-catalog ranking must not recommend."""
-        s = self.sequences
-        n_rows = len(s.offsets) - 1
-        m = sp.csr_matrix(
-            (np.ones(len(s.items), dtype=np.float32), (s.example_users(), s.items)),
-            shape=(n_rows, self.items.n_items),
-        )
-        m.data[:] = 1.0
-        return m
+        return self.sequences.matrix(self.items.n_items)
 
     def log_q(self, batch_size: int, n_random: int) -> np.ndarray:
         """``(n_items + 1,)`` log expected count of each item among a batch's negatives.
@@ -207,16 +200,3 @@ class RetrievalSystem(L.LightningModule):
         m = ranking_metrics(ranked, sp.csr_matrix(self.data.valid[self._valid_users]), ks=ks)
         for key in (f"recall@{k}", "recall@10", "ndcg@10"):
             self.log(f"valid_{key}", m[key], prog_bar=False)
-
-
-@torch.no_grad()
-def item_embeddings(model: TwoTower, items: ItemFeatures, batch_size: int = 4096) -> torch.Tensor:
-    """``(n_items + 1, D)`` candidate embeddings of the whole catalog (row 0 = the unknown item)."""
-    was_training = model.training
-    model.eval()
-    out = [
-        model.candidate(items.kjt(np.arange(s, min(s + batch_size, items.n_items))))
-        for s in range(0, items.n_items, batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ class TrainRetrievalResult:
 
 
 def _fit(
-    tables: FeatureTables,
     config: TwoTowerConfig,
     data: RetrievalData,
     *,
@@ -144,7 +144,6 @@ def train_retrieval(
     )
     start = time.perf_counter()
     model, timer, best = _fit(
-        tables,
         config,
         data,
         max_epochs=max_epochs,
@@ -158,14 +157,17 @@ def train_retrieval(
     best_epoch = max(best.best_epoch, 1)
     valid_metrics = next((h for h in best.history if h["epoch"] == best_epoch), {})
     settings = {**system_kwargs, "max_epochs": max_epochs, "patience": patience, "seed": seed}
-    valid_card = save_artifact(
-        out / VALID_MODEL_DIR,
-        model,
+    save = partial(
+        save_artifact,
         kind="two_tower",
         config=config,
         features_dir=features_dir,
         spec=tables.spec,
         similarity=similarity,
+    )
+    valid_card = save(
+        out / VALID_MODEL_DIR,
+        model,
         training={"settings": settings, "fit_on": [TRAIN], "best_epoch": best_epoch, "valid": valid_metrics},
     )
     refit_timing: dict[str, float] = {}
@@ -177,7 +179,6 @@ def train_retrieval(
         )
         start = time.perf_counter()
         model, refit_timer, _ = _fit(
-            tables,
             config,
             fit_data,
             max_epochs=best_epoch,
@@ -188,14 +189,9 @@ def train_retrieval(
             seed=seed,
         )
         refit_timing = {"refit_seconds": time.perf_counter() - start, **refit_timer.summary()}
-    card = save_artifact(
+    card = save(
         out / MODEL_DIR,
         model,
-        kind="two_tower",
-        config=config,
-        features_dir=features_dir,
-        spec=tables.spec,
-        similarity=similarity,
         training={
             "settings": settings,
             "fit_on": list(FIT_SPLITS) if refit else [TRAIN],
