@@ -36,3 +36,20 @@ def small_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest("canonical", root / "raw", root / "ingest")
     build_features(root / "ingest", root / "features", history_length=20)
     return root / "features"
+
+
+SMALL_MODEL = {"embedding_dim": 16, "tower_dims": (32, 16), "batch_size": 256}
+
+
+@pytest.fixture(scope="session")
+def small_models(small_features: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A two-tower (3 epochs) and a DLRM ranker (30 candidates) trained on ``small_features``."""
+    from recstack.training.train_ranking import train_ranking
+    from recstack.training.train_retrieval import train_retrieval
+
+    out = tmp_path_factory.mktemp("models")
+    train_retrieval(small_features, out / "retrieval", max_epochs=3, patience=1, **SMALL_MODEL)
+    train_ranking(
+        small_features, out / "retrieval", out / "ranking", n_candidates=30, max_epochs=2, embedding_dim=8
+    )
+    return {"retrieval": out / "retrieval", "ranking": out / "ranking"}

@@ -110,8 +110,12 @@ def _model_metrics(project: Path) -> dict[str, dict]:
 
 def test_full_pipeline_trains_both_models_and_evaluates_every_system(project: Path) -> None:
     out = run(["dvc", "repro"], project).stdout
-    for stage in ("train_retrieval", "train_ranking", "evaluate", "build_index"):
+    for stage in ("train_retrieval", "train_ranking", "evaluate", "build_index", "package"):
         assert f"Running stage '{stage}'" in out
+    package = json.loads((project / "metrics" / "package.json").read_text())
+    assert package["smoke_requests"] == 60 and package["smoke_fallback_rate"] == 0.0
+    assert (project / "artifacts" / "package" / "recstack.bento").stat().st_size > 0
+    assert (project / "bentos" / "store" / "models" / "recstack-funnel" / package["version"]).is_dir()
     index = json.loads((project / "metrics" / "build_index.json").read_text())
     assert index["n_items"] == 40 and index["recall"] >= 0.95  # 40 items: HNSW is all but exact
     metrics = _model_metrics(project)

@@ -20,10 +20,8 @@ from recstack.ranking.features import DENSE_FEATURES, RankingContext
 from recstack.ranking.scorer import FunnelRanker
 from recstack.retrieval.two_tower import TwoTowerRetriever
 from recstack.training.retrieval import RetrievalData, RetrievalSystem
-from recstack.training.train_ranking import train_ranking
 from recstack.training.train_retrieval import train_retrieval
-
-SMALL = {"embedding_dim": 16, "tower_dims": (32, 16), "batch_size": 256}
+from tests.conftest import SMALL_MODEL as SMALL
 
 
 def _tiny_two_tower(tables: FeatureTables, similarity: str = "cosine") -> TwoTower:
@@ -99,13 +97,8 @@ def test_ranker_scores_pairs_and_dcn_variant(small_features: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(small_features: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("models")
-    train_retrieval(small_features, out / "retrieval", max_epochs=3, patience=1, **SMALL)
-    train_ranking(
-        small_features, out / "retrieval", out / "ranking", n_candidates=30, max_epochs=2, embedding_dim=8
-    )
-    return {"retrieval": out / "retrieval", "ranking": out / "ranking"}
+def trained(small_models: dict[str, Path]) -> dict[str, Path]:
+    return small_models
 
 
 def test_artifacts_carry_what_serving_needs(trained: dict[str, Path]) -> None:

@@ -42,12 +42,35 @@ def pair_inputs(
     scores: np.ndarray,
     ranks: np.ndarray,
     history_length: int,
+    as_of: np.ndarray | None = None,
+    context_item: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Dense ``(B, N, F)`` and sparse bags (``B * N`` pairs) of users' candidate lists, point-in-time."""
+    """Dense ``(B, N, F)`` and sparse bags (``B * N`` pairs) of users' candidate lists, point-in-time.
+
+    Args:
+        as_of: ``(B,)`` request times (us); default :func:`request_times` (offline: each user's latest
+            observed interaction).
+        context_item: ``(B,)`` the item the user is on right now (0 = none), for surfaces such as
+            ``up_next``: it becomes the latest history item, so it is the ranker's ``last_item`` and enters
+            the history-similarity features, exactly as if the user had just interacted with it.
+    """
     history = ctx.sequences.last(users, history_length)
-    dense = dense_features(ctx, users, items, scores, ranks, request_times(ctx, users), history)
+    if context_item is not None:
+        history = append_items(history, context_item)
+    times = request_times(ctx, users) if as_of is None else as_of
+    dense = dense_features(ctx, users, items, scores, ranks, times, history)
     bags = sparse_bags(ctx.tables, users, items, last_items(*history))
     return dense, bags
+
+
+def append_items(history: tuple[np.ndarray, np.ndarray], items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Histories ``(values, lengths)`` with ``items`` ``(B,)`` appended as the newest (0 = append nothing)."""
+    values, lengths = history
+    add = items > 0
+    ends = np.cumsum(lengths)
+    # Insert each row's new item right after its last one.
+    out = np.insert(values, ends[add], items[add])
+    return out.astype(values.dtype if len(values) else np.int64), lengths + add
 
 
 @dataclass
@@ -79,6 +102,32 @@ class FunnelRanker:
         self.ranker.eval()
         return self.ranker(torch.from_numpy(dense), to_kjt(bags)).numpy()
 
+    def score_candidates(
+        self,
+        ctx: RankingContext,
+        users: np.ndarray,
+        items: np.ndarray,
+        sims: np.ndarray,
+        as_of: np.ndarray | None = None,
+        context_item: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Ranker logits ``(B, N)`` of each user's retrieved candidates ``items`` ``(B, N)`` (-1 = empty slot,
+        scored -inf), given in retrieval order with their similarities ``sims`` ``(B, N)``.
+
+        The offline funnel (:meth:`rank`), the batch stage and the service all score through here.
+        """
+        empty = items < 0
+        items = np.maximum(items, 0)  # empty slots are scored as the unknown item, then dropped
+        # ...with the list's lowest real score, so the score-gap feature of real items is unchanged.
+        lowest = np.min(np.where(empty, np.inf, sims), axis=1, keepdims=True)
+        sims = np.where(empty, np.where(np.isfinite(lowest), lowest, 0.0), sims)
+        ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
+        length = self.retriever.config.history_length
+        dense, bags = pair_inputs(ctx, users, items, sims, ranks, length, as_of, context_item)
+        logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags).reshape(items.shape)
+        logits[empty] = -np.inf
+        return logits
+
     def rank(
         self, ctx: RankingContext, users: np.ndarray, exclude: sp.csr_matrix, k: int, batch_size: int = 256
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -90,20 +139,10 @@ class FunnelRanker:
         if k > self.n_candidates:
             raise ValueError(f"k={k} is larger than the candidate list ({self.n_candidates})")
         out_items, out_scores = [], []
-        length = self.retriever.config.history_length
         for s in range(0, len(users), batch_size):
             batch = users[s : s + batch_size]
             items, sims = self.retriever.candidates(ctx.sequences, batch, exclude, self.n_candidates)
-            empty = items < 0
-            items = np.maximum(items, 0)  # empty slots are scored as the unknown item, then dropped
-            # ...with the list's lowest real score, so the score-gap feature of real items is unchanged.
-            lowest = np.min(np.where(empty, np.inf, sims), axis=1, keepdims=True)
-            sims = np.where(empty, np.where(np.isfinite(lowest), lowest, 0.0), sims)
-            ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
-            dense, bags = pair_inputs(ctx, batch, items, sims, ranks, length)
-            logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags).reshape(items.shape)
-            logits[empty] = -np.inf
-            items = np.where(empty, -1, items)
+            logits = self.score_candidates(ctx, batch, items, sims)
             order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
             out_items.append(np.take_along_axis(items, order, axis=1))
             out_scores.append(np.take_along_axis(logits, order, axis=1))

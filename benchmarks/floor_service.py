@@ -1,0 +1,18 @@
+"""The framework's floor: a minimal BentoML endpoint returning a fixed list of 10 ids.
+
+Served beside recstack by benchmarks/serving_load.py with the same settings, so the ratio of the two
+measures what recstack's funnel costs on top of BentoML on this machine.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+ITEMS = [str(i) for i in range(1, 11)]
+
+
+@bentoml.service(name="floor", traffic={"timeout": 30})
+class Floor:
+    @bentoml.api(route="/recommend")
+    def recommend(self, user_id: str, k: int = 10) -> dict:
+        return {"user_id": user_id, "items": [{"item_id": i} for i in ITEMS[:k]]}

@@ -1,0 +1,224 @@
+"""Serving benchmark: recstack's packaged bento under load, against BentoML's floor, in one run.
+
+    python benchmarks/serving_load.py [PROJECT_DIR] [--concurrency 1 8 32] [--seconds 10] [--rounds 2]
+
+PROJECT_DIR is a project whose ``package`` stage has run (default: this one; ``ml100k_pipeline.sh``
+leaves an ML-100K one). The script starts two real ``bentoml serve`` processes on 127.0.0.1: the packaged
+``recstack`` bento (result cache off, so every request runs the funnel) and the minimal endpoint of
+``benchmarks/floor_service.py`` (a fixed list of 10 ids). At each concurrency it alternates rounds of the
+two with a closed-loop asyncio load generator and reports p50 / p95 / p99 latency, requests/s and errors,
+and the ratios the serving issue sets as the bar (recommend's requests/s over the floor's, p99 over the
+floor's p99). It then times the same funnel in-process (the floor of the funnel itself, no HTTP) with the
+ANN index and with exact whole-catalog scoring (what the index saves), and prints where the in-process
+time goes by stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+NO_CACHE = {"cache": {"enabled": False}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    out = log.open("w")
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    proc = subprocess.Popen(
+        [bentoml, "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[0]} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"{args[0]} not ready: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
+async def load(base: str, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
+    """Closed loop: ``concurrency`` clients, each sending its next request when the last one returns."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+
+        async def worker(w: int) -> None:
+            nonlocal errors
+            i = w
+            while time.perf_counter() < stop_at:
+                user = users[i % len(users)]
+                i += concurrency
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/recommend", json={"user_id": user, "k": k})
+                    ok = r.status_code == 200 and len(r.json()["items"]) == k
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t)
+                errors += not ok
+
+        start_t = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        wall = time.perf_counter() - start_t
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(ms),
+        "rps": len(ms) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": errors,
+    }
+
+
+def merge(runs: list[dict]) -> dict:
+    """Rounds of one target pooled: request-weighted rate, worst-round percentiles, summed errors."""
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "rps": float(np.mean([r["rps"] for r in runs])),
+        "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
+        "p95_ms": float(np.median([r["p95_ms"] for r in runs])),
+        "p99_ms": float(np.median([r["p99_ms"] for r in runs])),
+        "errors": sum(r["errors"] for r in runs),
+    }
+
+
+def in_process(bundle: Path, users: list[str], k: int, n: int, retrieval: str) -> dict:
+    """Sequential in-process requests: total and per-stage percentiles (ms)."""
+    import torch
+
+    from recstack.serving.engine import Recommender
+    from recstack.serving.schemas import RecommendRequest
+
+    torch.set_num_threads(1)
+    rec = Recommender.load(bundle, overrides={**NO_CACHE, "retrieval": retrieval})
+    stages: dict[str, list[float]] = {}
+    try:
+        for i in range(n):
+            resp = rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
+            for s, v in resp.timings_ms.items():
+                stages.setdefault(s, []).append(v)
+    finally:
+        rec.close()
+    return {
+        s: {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
+        for s, v in stages.items()
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("project", nargs="?", default=str(HERE.parent))
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--in-process", type=int, default=500, help="sequential in-process requests per variant")
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = ap.parse_args()
+
+    project = Path(args.project).resolve()
+    package = json.loads((project / "artifacts" / "package" / "package.json").read_text())
+    bundle = project / "artifacts" / "package" / "bundle"
+    from recstack.features.spec import FeatureSpec
+
+    spec = FeatureSpec.load(bundle / "features")
+    users = [str(u) for u in spec.user_id.values.to_list()]
+    rng = np.random.default_rng(0)
+    users = [users[i] for i in rng.permutation(len(users))]
+    n_items = spec.item_id.size
+    logs = Path(tempfile.mkdtemp(prefix="serving_load_"))
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(project / "bentos" / "store"),
+        "RECSTACK_LOG_DIR": str(logs / "recstack-logs"),
+        "RECSTACK_SERVING_OVERRIDES": json.dumps(NO_CACHE),
+    }
+    print(f"catalog: {n_items} items, {len(users)} users; bento {package['bento_tag']}; logs {logs}")
+    rec_proc, rec_base = start([package["bento_tag"]], project, env, logs / "recstack.out")
+    floor_proc, floor_base = start(["floor_service:Floor"], HERE, env, logs / "floor.out")
+    results: dict = {"catalog_items": n_items, "users": len(users), "http": {}}
+    try:
+        for base in (rec_base, floor_base):  # warm-up
+            asyncio.run(load(base, users, 2, 2.0, args.k))
+        for c in args.concurrency:
+            runs: dict[str, list[dict]] = {"floor": [], "recommend": []}
+            for _ in range(args.rounds):
+                runs["floor"].append(asyncio.run(load(floor_base, users, c, args.seconds, args.k)))
+                runs["recommend"].append(asyncio.run(load(rec_base, users, c, args.seconds, args.k)))
+            floor, rec = merge(runs["floor"]), merge(runs["recommend"])
+            results["http"][c] = {
+                "floor": floor,
+                "recommend": rec,
+                "rps_ratio": rec["rps"] / floor["rps"],
+                "p99_ratio": rec["p99_ms"] / floor["p99_ms"],
+            }
+    finally:
+        stop(rec_proc)
+        stop(floor_proc)
+    results["in_process"] = {
+        "ann": in_process(bundle, users, args.k, args.in_process, "ann"),
+        "exact": in_process(bundle, users, args.k, args.in_process, "exact"),
+    }
+
+    print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for c, r in results["http"].items():
+        for name in ("floor", "recommend"):
+            m = r[name]
+            print(
+                f"{c:>4} {name:>9} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p95_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}"
+            )
+        print(f"{'':>4} {'ratio':>9} {r['rps_ratio']:>8.2f} {'':>8} {'':>8} {r['p99_ratio']:>8.2f}")
+    print("\nin-process funnel (sequential, ms):")
+    for variant, stages in results["in_process"].items():
+        print(
+            f"  {variant:>5}: "
+            + ", ".join(f"{s} p50 {v['p50_ms']:.2f} / p95 {v['p95_ms']:.2f}" for s, v in stages.items())
+        )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

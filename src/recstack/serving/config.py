@@ -1,0 +1,167 @@
+"""Serving settings (``params.yaml: serving``), validated by pydantic and packaged with the models.
+
+Every limit the HTTP schemas enforce and every budget the funnel keeps is here, in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recstack.policy.schema import Policy
+
+SURFACES = ("homepage", "up_next", "related")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Limits(_Strict):
+    """Bounds of request fields: anything outside gets a 4xx naming the field."""
+
+    max_k: int = Field(100, ge=1, le=1000)
+    max_id_length: int = Field(128, ge=8)
+    max_exclude: int = Field(500, ge=0)
+    max_text_length: int = Field(64, ge=8, description="device, region, surface and similar labels")
+    max_future_seconds: float = Field(3600.0, ge=0, description="feedback timestamps tolerated ahead of now")
+    max_event_age_days: float = Field(365.0, gt=0, description="older feedback timestamps are refused")
+
+
+class Budgets(_Strict):
+    """Time budgets in milliseconds. A stage that overruns is cut short and the next fallback serves."""
+
+    retrieval_ms: float = Field(50.0, gt=0)
+    ranking_ms: float = Field(80.0, gt=0)
+    total_ms: float = Field(180.0, gt=0, description="the whole request; the users' target is p95 < 200 ms")
+
+
+class Surface(_Strict):
+    """How a surface builds its candidate list.
+
+    ``item_weight`` blends the current item's nearest neighbours with the user's own candidates: 0 is pure
+    personalization (homepage), 1 pure item-to-item.
+    """
+
+    item_weight: float = Field(0.0, ge=0.0, le=1.0)
+    requires_current_item: bool = False
+
+
+def _default_surfaces() -> dict[str, Surface]:
+    return {
+        "homepage": Surface(item_weight=0.0),
+        "up_next": Surface(item_weight=0.5),
+        "related": Surface(item_weight=0.8, requires_current_item=True),
+    }
+
+
+class Cache(_Strict):
+    """Per-(user, surface, k, context) result cache."""
+
+    enabled: bool = True
+    ttl_seconds: float = Field(60.0, gt=0)
+    jitter: float = Field(
+        0.2, ge=0.0, lt=1.0, description="TTL spread (+-fraction) so entries do not expire together"
+    )
+    max_entries: int = Field(100_000, ge=1)
+
+
+class Variant(_Strict):
+    """One arm of an experiment: a share of users, and what it changes."""
+
+    name: str = Field(min_length=1, max_length=64)
+    weight: float = Field(gt=0)
+    model_version: str | None = Field(
+        None, description="must equal a packaged model's version (checked at load)"
+    )
+    policy: Policy | None = Field(None, description="replaces the default policy for this arm")
+    use_ranker: bool = True
+    n_candidates: int | None = Field(None, ge=1)
+
+
+class Experiment(_Strict):
+    """A/B test: users are assigned by hashing (user id, experiment id) into the weighted variants."""
+
+    id: str = Field(min_length=1, max_length=64)
+    surfaces: list[str] = Field(default_factory=lambda: list(SURFACES))
+    variants: list[Variant] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Experiment:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.id!r} has duplicate variant names {names}")
+        unknown = sorted(set(self.surfaces) - set(SURFACES))
+        if unknown:
+            raise ValueError(
+                f"experiment {self.id!r} names unknown surfaces {unknown}; known: {list(SURFACES)}"
+            )
+        return self
+
+
+class ServingConfig(_Strict):
+    """Everything the service reads besides the models and the policy."""
+
+    default_k: int = Field(10, ge=1)
+    n_candidates: int = Field(200, ge=1, description="ANN candidates the ranker scores")
+    n_neighbours: int = Field(100, ge=1, description="nearest items of the current item (up_next, related)")
+    popular_items: int = Field(1000, ge=1, description="length of the popular lists of the fallbacks")
+    clock: Literal["data", "wall"] = Field(
+        "data",
+        description="'data': requests are answered as of the user's latest observed event (a snapshot or a "
+        "replay, and what offline evaluation does); 'wall': as of the request's wall-clock time (live data)",
+    )
+    retrieval: Literal["ann", "exact"] = Field(
+        "ann",
+        description="'ann': the FAISS index of build_index; 'exact': score the whole catalog (the "
+        "offline funnel's retrieval, for parity checks and as the brute-force baseline of benchmarks)",
+    )
+    limits: Limits = Field(default_factory=Limits)
+    budgets: Budgets = Field(default_factory=Budgets)
+    surfaces: dict[str, Surface] = Field(default_factory=_default_surfaces)
+    cache: Cache = Field(default_factory=Cache)
+    experiments: list[Experiment] = Field(default_factory=list)
+    ranker_threads: int = Field(2, ge=1, description="threads that run ranking under its time budget")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingConfig:
+        if self.default_k > self.limits.max_k:
+            raise ValueError(f"default_k={self.default_k} exceeds limits.max_k={self.limits.max_k}")
+        unknown = sorted(set(self.surfaces) - set(SURFACES))
+        if unknown:
+            raise ValueError(f"unknown surfaces {unknown}; known: {list(SURFACES)}")
+        ids = [e.id for e in self.experiments]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate experiment ids {ids}")
+        taken: dict[str, str] = {}
+        for e in self.experiments:
+            for s in e.surfaces:
+                if s in taken:
+                    raise ValueError(f"experiments {taken[s]!r} and {e.id!r} both run on surface {s!r}")
+                taken[s] = e.id
+        return self
+
+
+class ServingConfigError(ValueError):
+    """A serving configuration that does not validate; the message names the field."""
+
+
+def load_serving_config(source: str | Path | dict[str, Any] | None) -> ServingConfig:
+    """From a mapping (``params.yaml: serving``), a YAML file, or None (defaults)."""
+    if source is None:
+        return ServingConfig()
+    where = "serving config"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ServingConfigError(f"serving config {path} does not exist")
+        where = str(path)
+        source = yaml.safe_load(path.read_text()) or {}
+    try:
+        return ServingConfig.model_validate(source)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise ServingConfigError(f"invalid {where}: {problems}") from None

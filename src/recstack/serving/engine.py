@@ -1,0 +1,631 @@
+"""The recommender behind the service: ANN retrieval -> DLRM ranking -> policy re-ranking, under budgets.
+
+:class:`Recommender` is plain Python (no BentoML), so the in-process tests, the benchmarks' floor, the
+batch stage and the BentoML service run the same code. Each stage that can hang runs on a small thread
+pool and is waited for at most its budget; when it fails or overruns, the next fallback serves and the
+response says which path served it and why:
+
+* ranker failed / over budget -> the retrieval order (``served_by: retrieval``);
+* index failed / missing / over budget -> popular items (``popular_segment`` or ``popular_global``);
+* unknown user without a current item -> the cold-start chain: popular in the user's context segment
+  (e.g. region), then global popular.
+
+Every path ends in the same policy re-ranker, so filters and business rules hold whatever served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from recstack.policy.rerank import Placed, Request, rerank
+from recstack.policy.schema import Policy
+from recstack.ranking.scorer import append_items
+from recstack.retrieval.index import search
+from recstack.serving.bundle import Bundle, load_bundle
+from recstack.serving.cache import ResultCache
+from recstack.serving.config import ServingConfig, Variant, load_serving_config
+from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, EventLog
+from recstack.serving.experiments import active, assign
+from recstack.serving.schemas import (
+    Assignment,
+    Explanation,
+    FeedbackAck,
+    FeedbackEvent,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarItem,
+    SimilarRequest,
+    SimilarResponse,
+)
+from recstack.serving.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(ValueError):
+    """Input the service refuses: ``status`` is the HTTP status (4xx), ``field`` the offending field."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+@dataclass
+class Candidates:
+    """A retrieved list in retrieval order: items ``(N,)``, their retrieval scores ``(N,)`` and which
+    retriever found each (``user``: the query tower, ``neighbours``: the current item's neighbours)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    from_neighbours: np.ndarray  # (N,) bool
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``over`` wins; nested mappings merge key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+class Recommender:
+    """Serves recommend / similar / feedback requests from a loaded :class:`Bundle`."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        config: ServingConfig | None = None,
+        policy: Policy | None = None,
+        log_dir: str | Path | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.config = config or bundle.config
+        self.policy = policy or bundle.policy
+        # FAISS parallelizes one query over OpenMP threads, which makes a single-user search ~200x slower
+        # (8 ms against 0.04 ms here): the service runs many requests side by side instead.
+        faiss.omp_set_num_threads(1)
+        self._pool = ThreadPoolExecutor(self.config.ranker_threads, thread_name_prefix="recstack-stage")
+        c = self.config.cache
+        self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.feedback_log = EventLog(self.log_dir / FEEDBACK_LOG) if self.log_dir else None
+        self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
+        self.metrics = metrics()
+        self._variant_policies = self._check_variants()
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        log_dir: str | Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        splits: tuple[str, ...] | None = None,
+    ) -> Recommender:
+        """Load ``bundle_dir``; ``overrides`` are merged over its serving settings (then validated),
+        ``splits`` restricts the interaction snapshot (see :func:`~recstack.serving.bundle.load_bundle`)."""
+        bundle = load_bundle(bundle_dir, splits=splits)
+        config = None
+        if overrides:
+            config = load_serving_config(_merge(bundle.config.model_dump(by_alias=True), overrides))
+        return cls(bundle, config=config, log_dir=log_dir)
+
+    def _check_variants(self) -> dict[tuple[str, str], Policy]:
+        versions = set(self.bundle.card.get("models", {}).values())
+        out = {}
+        for e in self.config.experiments:
+            for v in e.variants:
+                if v.model_version is not None and v.model_version not in versions:
+                    raise ValueError(
+                        f"experiment {e.id!r} variant {v.name!r} wants model {v.model_version!r}; "
+                        f"loaded: {sorted(versions)}"
+                    )
+                if v.policy is not None:
+                    out[(e.id, v.name)] = v.policy
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for lg in (self.feedback_log, self.responses_log):
+            if lg is not None:
+                lg.close()
+
+    # ----------------------------------------------------------------------------------------- recommend
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Answer one request. Raises :class:`RequestError` for input outside the configured limits;
+        any failure inside a stage is absorbed by that stage's fallback."""
+        t0 = time.perf_counter()
+        cfg = self.config
+        if req.k > cfg.limits.max_k:
+            raise RequestError("k", f"k={req.k} is above this service's maximum of {cfg.limits.max_k}")
+        if len(req.exclude_item_ids) > cfg.limits.max_exclude:
+            raise RequestError(
+                "exclude_item_ids", f"{len(req.exclude_item_ids)} items; at most {cfg.limits.max_exclude}"
+            )
+        surface = cfg.surfaces.get(req.surface)
+        if surface is None:
+            raise RequestError("surface", f"surface {req.surface!r} is not enabled on this service")
+        if surface.requires_current_item and req.current_item_id is None:
+            raise RequestError("current_item_id", f"surface {req.surface!r} needs current_item_id")
+        experiment = active(cfg.experiments, req.surface)
+        variant = assign(experiment, req.user_id) if experiment else None
+        seed = req.seed if req.seed is not None else _seed(req.user_id, req.surface)
+        key = (
+            req.surface,
+            req.k,
+            req.current_item_id,
+            req.region,
+            req.device,
+            tuple(sorted(req.exclude_item_ids)),
+            req.explain,
+            seed,
+            variant.name if variant else None,
+        )
+        response = None
+        if self.cache is not None:
+            cached = self.cache.get(req.user_id, key)
+            self.metrics.cache.labels(result="hit" if cached is not None else "miss").inc()
+            self.metrics.cache_hit_ratio.set(self.cache.hit_ratio())
+            if cached is not None:
+                response = cached.model_copy(
+                    update={"request_id": uuid.uuid4().hex, "cached": True, "timings_ms": {}}
+                )
+        if response is None:
+            response = self._serve(req, experiment.id if experiment else None, variant, seed, t0)
+            if self.cache is not None:
+                self.cache.put(req.user_id, key, response)
+        total = time.perf_counter() - t0
+        response.timings_ms["total"] = round(total * 1000, 3)
+        self.metrics.stage_seconds.labels(stage="total").observe(total)
+        self.metrics.served.labels(surface=req.surface, path=response.served_by).inc()
+        if self.responses_log is not None:
+            self._log_response(req, response)
+        return response
+
+    def emergency(self, req: RecommendRequest) -> RecommendResponse:
+        """Last resort after an unexpected error: global popular items the user has not seen, no policy."""
+        user = self.bundle.user_index(req.user_id)
+        seen = self.bundle.seen(user)
+        items = self.bundle.popular.global_items
+        items = items[~np.isin(items, seen)][: min(req.k, self.config.limits.max_k)]
+        self.metrics.fallbacks.labels(reason="internal_error").inc()
+        ids = self.bundle.catalog.item_ids
+        return RecommendResponse(
+            request_id=uuid.uuid4().hex,
+            user_id=str(req.user_id),
+            surface=str(req.surface),
+            items=[RecommendedItem(item_id=str(ids[i])) for i in items],
+            served_by="popular_global",
+            fallbacks=["internal_error"],
+            seed=0,
+        )
+
+    def _serve(
+        self, req: RecommendRequest, experiment: str | None, variant: Variant | None, seed: int, t0: float
+    ) -> RecommendResponse:
+        b, cfg = self.bundle, self.config
+        deadline = t0 + cfg.budgets.total_ms / 1000
+        fallbacks: list[str] = []
+        warnings: list[str] = []
+        timings: dict[str, float] = {}
+        user = b.user_index(req.user_id)
+        current = 0
+        if req.current_item_id is not None:
+            current = b.item_index(req.current_item_id)
+            if current == 0:
+                warnings.append(f"current_item_id {req.current_item_id!r} is unknown: ignored")
+        seen = b.seen(user)
+        policy = (
+            self._variant_policies.get((experiment, variant.name), self.policy) if variant else self.policy
+        )
+        context = self._context(req, user)
+        n = (variant.n_candidates if variant and variant.n_candidates else None) or cfg.n_candidates
+        n = min(n, b.tables.items.n_items - 1)
+        cands: Candidates | None = None
+        path = "funnel"
+        if user == 0 and current == 0:
+            fallbacks.append("cold_start_user")
+        elif b.index is None and cfg.retrieval == "ann":
+            fallbacks.append("index_missing")
+        else:
+            start = time.perf_counter()
+            try:
+                budget = min(cfg.budgets.retrieval_ms / 1000, deadline - start)
+                cands = self._within(
+                    budget, self._retrieve, user, current, seen, n, cfg.surfaces[req.surface].item_weight
+                )
+            except FutureTimeout:
+                fallbacks.append("retrieval_timeout")
+            except Exception:
+                log.exception("retrieval failed for user %s", req.user_id)
+                fallbacks.append("retrieval_error")
+            timings["retrieval"] = self._observe("retrieval", start)
+        if cands is None:
+            items, scores, path = self._popular(context, seen, current)
+            found_by = np.zeros(len(items), dtype=bool)
+        else:
+            items, scores, found_by = cands.items, cands.scores, cands.from_neighbours
+            retrieval_scores = scores
+            use_ranker = variant.use_ranker if variant else True
+            if not use_ranker:
+                path = "retrieval"
+            elif b.funnel is None:
+                fallbacks.append("ranker_missing")
+                path = "retrieval"
+            else:
+                start = time.perf_counter()
+                try:
+                    budget = min(cfg.budgets.ranking_ms / 1000, deadline - start)
+                    scores = self._within(budget, self._rank, user, current, items, scores)
+                except FutureTimeout:
+                    fallbacks.append("ranker_timeout")
+                    path = "retrieval"
+                except Exception:
+                    log.exception("ranking failed for user %s", req.user_id)
+                    fallbacks.append("ranker_error")
+                    path = "retrieval"
+                timings["ranking"] = self._observe("ranking", start)
+            # The policy sees the list best first, as offline evaluation gives it.
+            order = np.argsort(-scores, kind="stable")
+            retrieval_rank = {int(it): r + 1 for r, it in enumerate(items)}
+            retrieval_score = {int(it): float(s) for it, s in zip(items, retrieval_scores, strict=True)}
+            items, scores, found_by = items[order], scores[order], found_by[order]
+        start = time.perf_counter()
+        placed = self._apply_policy(policy, req, seen, current, items, scores, seed, path, fallbacks)
+        if len(placed) < req.k:
+            placed = self._fill(placed, policy, req, seen, current, context, fallbacks)
+        timings["policy"] = self._observe("policy", start)
+        for reason in fallbacks:
+            self.metrics.fallbacks.labels(reason=reason).inc()
+        neighbour_items = {int(i) for i, f in zip(items, found_by, strict=True) if f}
+        out = []
+        for p in placed:
+            source = "neighbours" if p.source == "retrieval" and p.item in neighbour_items else p.source
+            expl = None
+            if req.explain:
+                in_list = cands is not None and p.item in retrieval_rank
+                expl = Explanation(
+                    source=source,
+                    retrieval_rank=retrieval_rank.get(p.item) if in_list else None,
+                    retrieval_score=_finite(retrieval_score[p.item]) if in_list else None,
+                    ranker_score=_finite(p.score) if path == "funnel" and in_list else None,
+                    relevance=_finite(p.relevance),
+                    actions=p.actions,
+                )
+            out.append(RecommendedItem(item_id=p.item_id, score=_finite(p.score), explanation=expl))
+        versions = b.card.get("models", {})
+        return RecommendResponse(
+            request_id=uuid.uuid4().hex,
+            user_id=req.user_id,
+            surface=req.surface,
+            items=out,
+            served_by=path,
+            fallbacks=fallbacks,
+            experiments=[Assignment(experiment=experiment, variant=variant.name)] if variant else [],
+            model_version=versions.get("retrieval"),
+            ranker_version=versions.get("ranking") if path == "funnel" else None,
+            policy=policy.name,
+            seed=seed,
+            timings_ms=timings,
+            warnings=warnings,
+        )
+
+    def _within(self, budget_s: float, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the stage pool and wait at most ``budget_s``; FutureTimeout when over.
+
+        An overrunning stage keeps its thread until it finishes (Python cannot kill a thread), but the
+        request no longer waits for it.
+        """
+        if budget_s <= 0:
+            raise FutureTimeout()
+        future = self._pool.submit(fn, *args)
+        try:
+            return future.result(timeout=budget_s)
+        except FutureTimeout:
+            future.cancel()
+            raise
+
+    def _observe(self, stage: str, start: float) -> float:
+        elapsed = time.perf_counter() - start
+        self.metrics.stage_seconds.labels(stage=stage).observe(elapsed)
+        return round(elapsed * 1000, 3)
+
+    def _context(self, req: RecommendRequest, user: int) -> dict[str, str | None]:
+        """Segment attributes of the request: what the request says, else the user's profile."""
+        ctx: dict[str, str | None] = {
+            a: v[user] if user > 0 else None for a, v in self.bundle.user_attributes.items()
+        }
+        if req.region is not None:
+            ctx["region"] = req.region
+        if req.device is not None:
+            ctx["device"] = req.device
+        return ctx
+
+    # ----------------------------------------------------------------------------------------- stages
+
+    def _query(self, user: int, current: int) -> np.ndarray:
+        """``(1, D)`` query vector: the user's history with the current item appended as the newest."""
+        r = self.bundle.retriever
+        users = np.array([user], dtype=np.int64)
+        history = self.bundle.sequences.last(users, r.config.history_length)
+        if current > 0:
+            history = append_items(history, np.array([current], dtype=np.int64))
+        return r.query_vectors(users, history)
+
+    def _search(self, query: np.ndarray, n: int, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items for ``query`` ``(1, D)`` without ``drop``: over-fetch by ``len(drop)`` so the
+        list is still ``n`` long after removing them (exact for exact search)."""
+        b = self.bundle
+        if self.config.retrieval == "exact":
+            row = sp.csr_matrix(
+                (np.ones(len(drop), np.float32), (np.zeros(len(drop), np.int64), drop)),
+                shape=(1, b.tables.items.n_items),
+            )
+            items, scores = b.retriever.candidates(b.sequences, np.array([0]), row, n, query=query)
+            keep = items[0] >= 0
+            return items[0][keep], scores[0][keep]
+        want = min(n + len(drop) + 1, b.index.ntotal)
+        ids, sims = search(b.index, query, want)
+        ids, sims = ids[0], sims[0]
+        keep = (ids > 0) & ~np.isin(ids, drop)
+        return ids[keep][:n], sims[keep][:n]
+
+    def _retrieve(self, user: int, current: int, seen: np.ndarray, n: int, item_weight: float) -> Candidates:
+        """The user's ``n`` candidates; with a current item, blended with its nearest neighbours:
+        ``score = (1 - w) * q . v + w * v_current . v`` over the union of both lists."""
+        drop = np.union1d(seen, [current]) if current > 0 else seen
+        q = self._query(user, current)
+        items, scores = self._search(q, n, drop)
+        if current == 0 or item_weight <= 0:
+            return Candidates(items, scores.astype(np.float32), np.zeros(len(items), dtype=bool))
+        vectors = self.bundle.retriever.item_vectors
+        anchor = vectors[current][None, :]
+        near, _ = self._search(anchor, self.config.n_neighbours, drop)
+        union = np.concatenate([items, near[~np.isin(near, items)]])
+        blended = (1 - item_weight) * (vectors[union] @ q[0]) + item_weight * (vectors[union] @ anchor[0])
+        order = np.argsort(-blended, kind="stable")[:n]
+        union = union[order]
+        return Candidates(
+            union, blended[order].astype(np.float32), np.isin(union, near) & ~np.isin(union, items)
+        )
+
+    def _rank(self, user: int, current: int, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """DLRM logits ``(N,)`` of the candidates, with the request's time and current item as context."""
+        b = self.bundle
+        as_of = None
+        if self.config.clock == "wall":
+            as_of = np.array([int(time.time() * 1_000_000)], dtype=np.int64)
+        ctx_item = np.array([current], dtype=np.int64) if current > 0 else None
+        logits = b.funnel.score_candidates(
+            b.ranking_context,
+            np.array([user], dtype=np.int64),
+            items[None, :],
+            scores[None, :],
+            as_of,
+            ctx_item,
+        )
+        return logits[0]
+
+    def _popular(
+        self, context: dict[str, str | None], seen: np.ndarray, current: int
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Popular items of the context's segment, else global; best first with decreasing scores."""
+        items, segment = self.bundle.popular.for_context(context, self.policy.cold_start.segment_by)
+        items = items[~np.isin(items, seen) & (items != current)]
+        scores = np.linspace(1.0, 0.0, num=len(items), endpoint=False, dtype=np.float64)
+        return items, scores, "popular_segment" if segment else "popular_global"
+
+    def _apply_policy(
+        self,
+        policy: Policy,
+        req: RecommendRequest,
+        seen: np.ndarray,
+        current: int,
+        items: np.ndarray,
+        scores: np.ndarray,
+        seed: int,
+        path: str,
+        fallbacks: list[str],
+    ) -> list[Placed]:
+        source = "popular" if path.startswith("popular") else "retrieval"
+        request = Request(
+            k=req.k,
+            seen=frozenset(int(i) for i in seen) | ({current} if current else frozenset()),
+            exclude_item_ids=tuple(req.exclude_item_ids),
+            region=req.region,
+            seed=seed,
+        )
+        try:
+            return rerank(policy, self.bundle.catalog, request, items, scores, source=source).items
+        except Exception:
+            log.exception("policy %s failed", policy.name)
+            fallbacks.append("policy_error")
+            skip = set(request.seen) | {self.bundle.item_index(i) for i in req.exclude_item_ids}
+            keep = [int(i) for i in items if int(i) > 0 and int(i) not in skip][: req.k]
+            ids = self.bundle.catalog.item_ids
+            return [
+                Placed(i, str(ids[i]), float(s), float(s), source) for i, s in zip(keep, scores, strict=False)
+            ]
+
+    def _fill(
+        self,
+        placed: list[Placed],
+        policy: Policy,
+        req: RecommendRequest,
+        seen: np.ndarray,
+        current: int,
+        context: dict[str, str | None],
+        fallbacks: list[str],
+    ) -> list[Placed]:
+        """Top up a list the policy left short with popular items that pass the same filters."""
+        items, _, _ = self._popular(context, seen, current)
+        have = {p.item for p in placed}
+        items = np.array([i for i in items if int(i) not in have], dtype=np.int64)
+        if not len(items):
+            return placed
+        extra = self._apply_policy(
+            policy.model_copy(update={"pins": [], "sponsored": [], "exploration": None}),
+            req.model_copy(update={"k": req.k - len(placed)}),
+            seen,
+            current,
+            items,
+            np.linspace(1.0, 0.0, num=len(items), endpoint=False),
+            0,
+            "popular",
+            fallbacks,
+        )
+        if extra:
+            fallbacks.append("filled_with_popular")
+        return placed + [Placed(p.item, p.item_id, p.score, p.relevance, "popular", p.actions) for p in extra]
+
+    # ----------------------------------------------------------------------------------------- similar
+
+    def similar(self, req: SimilarRequest) -> SimilarResponse:
+        """Items like ``req.item_id``: two-tower neighbours, co-occurrence, or both (rank-blended)."""
+        b = self.bundle
+        if req.k > self.config.limits.max_k:
+            raise RequestError(
+                "k", f"k={req.k} is above this service's maximum of {self.config.limits.max_k}"
+            )
+        item = b.item_index(req.item_id)
+        if item == 0:
+            raise RequestError("item_id", f"item {req.item_id!r} is not in the catalog", status=404)
+        drop = np.array(
+            sorted({item, *(b.item_index(i) for i in req.exclude_item_ids)} - {0}), dtype=np.int64
+        )
+        fallbacks: list[str] = []
+        lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if req.method in ("embedding", "blend"):
+            try:
+                if b.index is None and self.config.retrieval == "ann":
+                    raise RuntimeError("no index")
+                lists["embedding"] = self._search(b.retriever.item_vectors[item][None, :], req.k, drop)
+            except Exception:
+                if b.index is not None:
+                    log.exception("similar-items search failed for item %s", req.item_id)
+                fallbacks.append("index_missing" if b.index is None else "index_error")
+        if (req.method in ("cooccurrence", "blend") or not lists) and b.cooccurrence is not None:
+            near, sc = b.cooccurrence.neighbours[item], b.cooccurrence.scores[item]
+            keep = (near > 0) & ~np.isin(near, drop)
+            lists["cooccurrence"] = (near[keep][: req.k], sc[keep][: req.k])
+        if len(lists) > 1:
+            # Reciprocal-rank fusion: the two scores live on different scales.
+            fused: dict[int, float] = {}
+            for its, _ in lists.values():
+                for r, it in enumerate(its):
+                    fused[int(it)] = fused.get(int(it), 0.0) + 1.0 / (60 + r + 1)
+            top = sorted(fused, key=lambda i: -fused[i])[: req.k]
+            found = [(i, fused[i], "blend") for i in top]
+        else:
+            name, (its, sc) = next(iter(lists.items())) if lists else ("none", (np.empty(0), np.empty(0)))
+            found = [(int(i), float(s), name) for i, s in zip(its, sc, strict=True)]
+        ids = b.catalog.item_ids
+        return SimilarResponse(
+            item_id=req.item_id,
+            method=req.method,
+            items=[SimilarItem(item_id=str(ids[i]), score=float(s), source=src) for i, s, src in found],
+            fallbacks=fallbacks,
+        )
+
+    # ----------------------------------------------------------------------------------------- feedback
+
+    def feedback(self, event: FeedbackEvent) -> FeedbackAck:
+        """Validate, append durably, invalidate the user's cached results, then acknowledge."""
+        limits = self.config.limits
+        now = datetime.now(UTC)
+        ts = event.timestamp if event.timestamp.tzinfo else event.timestamp.replace(tzinfo=UTC)
+        if ts > now + timedelta(seconds=limits.max_future_seconds):
+            raise RequestError(
+                "timestamp", f"timestamp {ts.isoformat()} is in the future (now {now.isoformat()})"
+            )
+        if ts < now - timedelta(days=limits.max_event_age_days):
+            raise RequestError(
+                "timestamp", f"timestamp {ts.isoformat()} is older than {limits.max_event_age_days:g} days"
+            )
+        if self.bundle.item_index(event.item_id) == 0:
+            raise RequestError("item_id", f"item {event.item_id!r} is not in the catalog")
+        if self.feedback_log is None:
+            raise RuntimeError("this recommender has no log directory: feedback cannot be stored")
+        ack = FeedbackAck(event_id=uuid.uuid4().hex, received_at=now.isoformat())
+        record = {
+            "event_id": ack.event_id,
+            "received_at": ack.received_at,
+            **event.model_dump(mode="json"),
+            "timestamp": ts.isoformat(),
+        }
+        self.feedback_log.append(record)  # fsynced: only now may the event be acknowledged
+        if self.cache is not None:
+            self.cache.invalidate_user(event.user_id)
+        self.metrics.feedback.labels(event_type=event.event_type).inc()
+        return ack
+
+    # ----------------------------------------------------------------------------------------- health
+
+    def health(self) -> dict[str, Any]:
+        b = self.bundle
+        problems = list(b.warnings)
+        return {
+            "status": "degraded" if problems else "ok",
+            "models": b.card.get("models", {}),
+            "index": None
+            if b.index is None
+            else {"kind": (b.card.get("index") or {}).get("config", {}).get("kind"), "items": b.index.ntotal},
+            "retrieval": self.config.retrieval,
+            "policy": self.policy.name,
+            "experiments": [e.id for e in self.config.experiments],
+            "users": int(b.tables.spec.user_id.size),
+            "items": int(b.tables.spec.item_id.size),
+            "cache_entries": len(self.cache) if self.cache else 0,
+            "cache_hit_ratio": round(self.cache.hit_ratio(), 4) if self.cache else None,
+            "warnings": problems,
+        }
+
+    def _log_response(self, req: RecommendRequest, resp: RecommendResponse) -> None:
+        try:
+            self.responses_log.append(
+                {
+                    "request_id": resp.request_id,
+                    "at": datetime.now(UTC).isoformat(),
+                    "user_id": req.user_id,
+                    "surface": req.surface,
+                    "k": req.k,
+                    "current_item_id": req.current_item_id,
+                    "device": req.device,
+                    "region": req.region,
+                    "items": [i.item_id for i in resp.items],
+                    "scores": [i.score for i in resp.items],
+                    "served_by": resp.served_by,
+                    "fallbacks": resp.fallbacks,
+                    "experiments": [a.model_dump() for a in resp.experiments],
+                    "model_version": resp.model_version,
+                    "ranker_version": resp.ranker_version,
+                    "policy": resp.policy,
+                    "cached": resp.cached,
+                    "latency_ms": resp.timings_ms.get("total"),
+                }
+            )
+        except OSError:
+            # A full disk must not fail the request: the response is still right, only unlogged.
+            log.exception("could not log response %s", resp.request_id)

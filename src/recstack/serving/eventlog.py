@@ -1,0 +1,76 @@
+"""Durable append-only JSON-lines logs: feedback events (fsynced before the ack) and served responses.
+
+One JSON object per line, appended with ``O_APPEND`` under an exclusive ``flock`` so several service workers
+can share a file without interleaving. A crash can at worst leave a truncated last line, which
+:func:`read_events` reports and skips; every acknowledged event was fsynced before its ack was sent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FEEDBACK_LOG = "feedback.jsonl"
+RESPONSES_LOG = "responses.jsonl"
+
+
+class EventLog:
+    """Append-only JSONL file. ``durable=True`` fsyncs every append before returning."""
+
+    def __init__(self, path: str | Path, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.durable = durable
+        self._lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if durable:
+            # The new file's directory entry must survive a crash too.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record; when this returns (durable log), the record is on disk."""
+        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                view = memoryview(line)
+                while view:  # os.write may write less than asked
+                    view = view[os.write(self._fd, view) :]
+                if self.durable:
+                    os.fsync(self._fd)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Records of a log, oldest first. A torn (crash-truncated) last line is skipped; a corrupt line in
+    the middle is an error naming the line, since that is not what a crash leaves behind."""
+    p = Path(path)
+    if not p.exists():
+        return
+    with p.open("rb") as f:
+        lines = f.read().split(b"\n")
+    for n, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield json.loads(raw)
+        except json.JSONDecodeError as exc:
+            if n == len(lines):  # no trailing newline: the write was cut short
+                return
+            raise ValueError(f"{p}:{n} is not a JSON record ({exc})") from None
