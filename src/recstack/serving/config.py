@@ -124,7 +124,11 @@ class ServingConfig(_Strict):
     surfaces: dict[str, Surface] = Field(default_factory=_default_surfaces)
     cache: Cache = Field(default_factory=Cache)
     experiments: list[Experiment] = Field(default_factory=list)
-    ranker_threads: int = Field(2, ge=1, description="threads that run ranking under its time budget")
+    stage_threads: int = Field(
+        4,
+        ge=1,
+        description="threads that run retrieval and ranking under their budgets (a hung stage holds one)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:

@@ -82,7 +82,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge: ``over`` wins; nested mappings merge key by key."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -106,7 +108,7 @@ class Recommender:
         # FAISS parallelizes one query over OpenMP threads, which makes a single-user search ~200x slower
         # (8 ms against 0.04 ms here): the service runs many requests side by side instead.
         faiss.omp_set_num_threads(1)
-        self._pool = ThreadPoolExecutor(self.config.ranker_threads, thread_name_prefix="recstack-stage")
+        self._pool = ThreadPoolExecutor(self.config.stage_threads, thread_name_prefix="recstack-stage")
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
         self.log_dir = Path(log_dir) if log_dir is not None else None

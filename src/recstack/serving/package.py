@@ -193,12 +193,34 @@ def package(
     return PackageResult(model_tag, str(bento.tag), exported, requirements)
 
 
-def bundle_version(card: dict[str, Any], policy: dict[str, Any], serving: dict[str, Any]) -> str:
-    """A version that changes exactly when what is served changes: models, index, policy, settings."""
+def code_digest(*roots: str | Path) -> str:
+    """sha256 over the relative paths and bytes of the Python and YAML files under ``roots``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in roots:
+        root = Path(root)
+        files = (
+            [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml"))
+        )
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(f.name.encode() if root.is_file() else str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def bundle_version(
+    card: dict[str, Any], policy: dict[str, Any], serving: dict[str, Any], code: str = ""
+) -> str:
+    """A version that changes exactly when what is served changes: models, index, policy, settings, code."""
     import hashlib
     import json
 
-    blob = json.dumps({"card": card, "policy": policy, "serving": serving}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"card": card, "policy": policy, "serving": serving, "code": code}, sort_keys=True, default=str
+    )
     return "v" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -271,7 +293,10 @@ def package_stage(
         policy=policy or None,
         serving=serving or None,
     )
-    version = bundle_version(card, policy or {}, serving or {})
+    code = code_digest(
+        root / "src" / "recstack", root / "bentos" / "service.py", root / "bentos" / "bentofile.yaml"
+    )
+    version = bundle_version(card, policy or {}, serving or {}, code)
     result = package(
         bundle,
         version,
