@@ -19,10 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,49 +26,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recstack.serving.local import bentoml_serve
+
 HERE = Path(__file__).resolve().parent
 NO_CACHE = {"cache": {"enabled": False}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    out = log.open("w")
-    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
-    proc = subprocess.Popen(
-        [bentoml, "serve", *args, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=cwd,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{args[0]} exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{args[0]} not ready: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
 
 
 async def load(base: str, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
@@ -176,10 +133,11 @@ def main() -> None:
         "RECSTACK_SERVING_OVERRIDES": json.dumps(NO_CACHE),
     }
     print(f"catalog: {n_items} items, {len(users)} users; bento {package['bento_tag']}; logs {logs}")
-    rec_proc, rec_base = start([package["bento_tag"]], project, env, logs / "recstack.out")
-    floor_proc, floor_base = start(["floor_service:Floor"], HERE, env, logs / "floor.out")
     results: dict = {"catalog_items": n_items, "users": len(users), "http": {}}
-    try:
+    with (
+        bentoml_serve(package["bento_tag"], project, env, logs / "recstack.out") as rec_base,
+        bentoml_serve("floor_service:Floor", HERE, env, logs / "floor.out") as floor_base,
+    ):
         for base in (rec_base, floor_base):  # warm-up
             asyncio.run(load(base, users, 2, 2.0, args.k))
         for c in args.concurrency:
@@ -194,9 +152,6 @@ def main() -> None:
                 "rps_ratio": rec["rps"] / floor["rps"],
                 "p99_ratio": rec["p99_ms"] / floor["p99_ms"],
             }
-    finally:
-        stop(rec_proc)
-        stop(floor_proc)
     results["in_process"] = {
         "ann": in_process(bundle, users, args.k, args.in_process, "ann"),
         "exact": in_process(bundle, users, args.k, args.in_process, "exact"),

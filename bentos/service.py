@@ -19,7 +19,6 @@ serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for load 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any

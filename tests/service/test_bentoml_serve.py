@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from recstack.serving.local import bentoml_serve
 from tests.conftest import PROJECT_ROOT
 
 NOW = "2026-01-01T00:00:00Z"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(bento_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    port = free_port()
     logs = tmp_path_factory.mktemp("serve_logs")
     env = {
         **os.environ,
@@ -34,37 +23,10 @@ def server(bento_store: Path, tmp_path_factory: pytest.TempPathFactory):
         "RECSTACK_LOG_DIR": str(logs),
         "RECSTACK_MODEL": "recstack-funnel:test",
     }
-    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
-    out = (logs / "server.out").open("w")
-    proc = subprocess.Popen(
-        [bentoml, "serve", "service:Recstack", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT_ROOT / "bentos",
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited: {(logs / 'server.out').read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(f"bentoml serve not ready in 120 s: {(logs / 'server.out').read_text()[-3000:]}")
-    yield base, logs
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-    out.close()
+    with bentoml_serve(
+        "service:Recstack", PROJECT_ROOT / "bentos", env, logs / "server.out", ready_s=120
+    ) as base:
+        yield base, logs
 
 
 def test_real_server_answers_and_exports_metrics(server) -> None:

@@ -88,7 +88,8 @@ class Reranked:
     filtered: dict[int, str]  # item -> why it was removed
 
 
-def _seed(*parts: object) -> int:
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash of ``parts`` that is the same in every process and on every machine (unlike hash())."""
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
@@ -217,7 +218,7 @@ def rerank(
                 and int(i) not in request.seen
                 and catalog.interactions[int(i)] <= e.max_item_interactions
             ]
-        rng = np.random.default_rng(_seed(request.seed, request.k, len(order)))
+        rng = np.random.default_rng(stable_hash(request.seed, request.k, len(order)))
         picks = [pool[j] for j in rng.permutation(len(pool))[:n_slots]] if pool else []
         slots = sorted(rng.choice(np.arange(e.start_position - 1, request.k), size=len(picks), replace=False))
         for slot, item in zip(slots, picks, strict=True):

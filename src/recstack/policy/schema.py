@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recstack.settings import load_validated
 
 
 class _Rule(BaseModel):
@@ -112,17 +113,4 @@ class PolicyError(ValueError):
 
 def load_policy(source: str | Path | dict | None) -> Policy:
     """A policy from a mapping, a YAML file path, or None (the default policy)."""
-    if source is None:
-        return Policy()
-    where = "policy"
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise PolicyError(f"policy file {path} does not exist")
-        where = str(path)
-        source = yaml.safe_load(path.read_text()) or {}
-    try:
-        return Policy.model_validate(source)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
-        raise PolicyError(f"invalid {where}: {problems}") from None
+    return load_validated(Policy, source, "policy", PolicyError)

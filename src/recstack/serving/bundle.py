@@ -36,7 +36,7 @@ from recstack.ranking.features import RankingContext
 from recstack.ranking.scorer import FunnelRanker
 from recstack.retrieval.index import INDEX_CARD, INDEX_FILE, load_index
 from recstack.retrieval.two_tower import TwoTowerRetriever
-from recstack.serving.config import ServingConfig, ServingConfigError, load_serving_config
+from recstack.serving.config import ServingConfig, check_model_versions, load_serving_config
 from recstack.serving.cooccurrence import CoOccurrence
 from recstack.serving.popular import PopularLists
 
@@ -86,13 +86,7 @@ def build_bundle(
         for name in (INDEX_FILE, INDEX_CARD):
             shutil.copy2(Path(index_dir) / name, out / INDEX / name)
         index_card = json.loads((out / INDEX / INDEX_CARD).read_text())
-    for exp in config.experiments:
-        for v in exp.variants:
-            if v.model_version is not None and v.model_version not in versions.values():
-                raise ServingConfigError(
-                    f"experiment {exp.id!r} variant {v.name!r} names model version {v.model_version!r}, "
-                    f"but the bundle holds {versions}"
-                )
+    check_model_versions(config, versions)
     tables = FeatureTables.load(out / FEATURES)
     interactions = pl.read_parquet(out / FEATURES / INTERACTIONS_FILE)
     sequences = Sequences.from_interactions(interactions, tables.spec.user_id.size)

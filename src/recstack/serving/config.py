@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recstack.policy.schema import Policy
+from recstack.settings import load_validated
 
 SURFACES = ("homepage", "up_next", "related")
 
@@ -155,17 +155,19 @@ class ServingConfigError(ValueError):
 
 def load_serving_config(source: str | Path | dict[str, Any] | None) -> ServingConfig:
     """From a mapping (``params.yaml: serving``), a YAML file, or None (defaults)."""
-    if source is None:
-        return ServingConfig()
-    where = "serving config"
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ServingConfigError(f"serving config {path} does not exist")
-        where = str(path)
-        source = yaml.safe_load(path.read_text()) or {}
-    try:
-        return ServingConfig.model_validate(source)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
-        raise ServingConfigError(f"invalid {where}: {problems}") from None
+    return load_validated(ServingConfig, source, "serving config", ServingConfigError)
+
+
+def check_model_versions(config: ServingConfig, versions: dict[str, str]) -> None:
+    """Every experiment variant that names a model version must name one of ``versions`` (role -> version).
+
+    Raises:
+        ServingConfigError: naming the experiment, the variant and the versions available.
+    """
+    for exp in config.experiments:
+        for v in exp.variants:
+            if v.model_version is not None and v.model_version not in versions.values():
+                raise ServingConfigError(
+                    f"experiment {exp.id!r} variant {v.name!r} names model version {v.model_version!r}, "
+                    f"but the bundle holds {versions}"
+                )

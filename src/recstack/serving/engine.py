@@ -15,7 +15,6 @@ Every path ends in the same policy re-ranker, so filters and business rules hold
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
@@ -30,13 +29,13 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
-from recstack.policy.rerank import Placed, Request, rerank
+from recstack.policy.rerank import Placed, Request, rerank, stable_hash
 from recstack.policy.schema import Policy
 from recstack.ranking.scorer import append_items
 from recstack.retrieval.index import search
 from recstack.serving.bundle import Bundle, load_bundle
 from recstack.serving.cache import ResultCache
-from recstack.serving.config import ServingConfig, Variant, load_serving_config
+from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
 from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, EventLog
 from recstack.serving.experiments import active, assign
 from recstack.serving.schemas import (
@@ -72,10 +71,6 @@ class Candidates:
     items: np.ndarray
     scores: np.ndarray
     from_neighbours: np.ndarray  # (N,) bool
-
-
-def _seed(*parts: object) -> int:
-    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +110,7 @@ class Recommender:
         self.feedback_log = EventLog(self.log_dir / FEEDBACK_LOG) if self.log_dir else None
         self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
         self.metrics = metrics()
-        self._variant_policies = self._check_variants()
+        check_model_versions(self.config, self.bundle.card.get("models", {}))
 
     @classmethod
     def load(
@@ -132,20 +127,6 @@ class Recommender:
         if overrides:
             config = load_serving_config(_merge(bundle.config.model_dump(by_alias=True), overrides))
         return cls(bundle, config=config, log_dir=log_dir)
-
-    def _check_variants(self) -> dict[tuple[str, str], Policy]:
-        versions = set(self.bundle.card.get("models", {}).values())
-        out = {}
-        for e in self.config.experiments:
-            for v in e.variants:
-                if v.model_version is not None and v.model_version not in versions:
-                    raise ValueError(
-                        f"experiment {e.id!r} variant {v.name!r} wants model {v.model_version!r}; "
-                        f"loaded: {sorted(versions)}"
-                    )
-                if v.policy is not None:
-                    out[(e.id, v.name)] = v.policy
-        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -173,7 +154,9 @@ class Recommender:
             raise RequestError("current_item_id", f"surface {req.surface!r} needs current_item_id")
         experiment = active(cfg.experiments, req.surface)
         variant = assign(experiment, req.user_id) if experiment else None
-        seed = req.seed if req.seed is not None else _seed(req.user_id, req.surface)
+        seed = (
+            req.seed if req.seed is not None else stable_hash(req.user_id, req.surface) >> 1
+        )  # the schema's seed range
         key = (
             req.surface,
             req.k,
@@ -239,13 +222,12 @@ class Recommender:
             if current == 0:
                 warnings.append(f"current_item_id {req.current_item_id!r} is unknown: ignored")
         seen = b.seen(user)
-        policy = (
-            self._variant_policies.get((experiment, variant.name), self.policy) if variant else self.policy
-        )
+        policy = variant.policy if variant is not None and variant.policy is not None else self.policy
         context = self._context(req, user)
         n = (variant.n_candidates if variant and variant.n_candidates else None) or cfg.n_candidates
         n = min(n, b.tables.items.n_items - 1)
         cands: Candidates | None = None
+        retrieved: dict[int, tuple[int, float]] = {}  # item -> (retrieval rank, score), for explain only
         path = "funnel"
         if user == 0 and current == 0:
             fallbacks.append("cold_start_user")
@@ -265,11 +247,14 @@ class Recommender:
                 fallbacks.append("retrieval_error")
             timings["retrieval"] = self._observe("retrieval", start)
         if cands is None:
-            items, scores, path = self._popular(context, seen, current)
+            items, scores, path = self._popular(policy, context, seen, current)
             found_by = np.zeros(len(items), dtype=bool)
         else:
             items, scores, found_by = cands.items, cands.scores, cands.from_neighbours
-            retrieval_scores = scores
+            if req.explain:
+                retrieved = {
+                    int(it): (r + 1, float(sc)) for r, (it, sc) in enumerate(zip(items, scores, strict=True))
+                }
             use_ranker = variant.use_ranker if variant else True
             if not use_ranker:
                 path = "retrieval"
@@ -291,8 +276,6 @@ class Recommender:
                 timings["ranking"] = self._observe("ranking", start)
             # The policy sees the list best first, as offline evaluation gives it.
             order = np.argsort(-scores, kind="stable")
-            retrieval_rank = {int(it): r + 1 for r, it in enumerate(items)}
-            retrieval_score = {int(it): float(s) for it, s in zip(items, retrieval_scores, strict=True)}
             items, scores, found_by = items[order], scores[order], found_by[order]
         start = time.perf_counter()
         placed = self._apply_policy(policy, req, seen, current, items, scores, seed, path, fallbacks)
@@ -301,18 +284,18 @@ class Recommender:
         timings["policy"] = self._observe("policy", start)
         for reason in fallbacks:
             self.metrics.fallbacks.labels(reason=reason).inc()
-        neighbour_items = {int(i) for i, f in zip(items, found_by, strict=True) if f}
+        neighbour_items = set(items[found_by].tolist())
         out = []
         for p in placed:
             source = "neighbours" if p.source == "retrieval" and p.item in neighbour_items else p.source
             expl = None
             if req.explain:
-                in_list = cands is not None and p.item in retrieval_rank
+                rank, sim = retrieved.get(p.item, (None, float("nan")))
                 expl = Explanation(
                     source=source,
-                    retrieval_rank=retrieval_rank.get(p.item) if in_list else None,
-                    retrieval_score=_finite(retrieval_score[p.item]) if in_list else None,
-                    ranker_score=_finite(p.score) if path == "funnel" and in_list else None,
+                    retrieval_rank=rank,
+                    retrieval_score=_finite(sim),
+                    ranker_score=_finite(p.score) if path == "funnel" and rank is not None else None,
                     relevance=_finite(p.relevance),
                     actions=p.actions,
                 )
@@ -431,10 +414,11 @@ class Recommender:
         return logits[0]
 
     def _popular(
-        self, context: dict[str, str | None], seen: np.ndarray, current: int
+        self, policy: Policy, context: dict[str, str | None], seen: np.ndarray, current: int
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        """Popular items of the context's segment, else global; best first with decreasing scores."""
-        items, segment = self.bundle.popular.for_context(context, self.policy.cold_start.segment_by)
+        """Popular items of the context's segment (``policy.cold_start``), else global; best first with
+        decreasing scores."""
+        items, segment = self.bundle.popular.for_context(context, policy.cold_start.segment_by)
         items = items[~np.isin(items, seen) & (items != current)]
         scores = np.linspace(1.0, 0.0, num=len(items), endpoint=False, dtype=np.float64)
         return items, scores, "popular_segment" if segment else "popular_global"
@@ -482,7 +466,7 @@ class Recommender:
         fallbacks: list[str],
     ) -> list[Placed]:
         """Top up a list the policy left short with popular items that pass the same filters."""
-        items, _, _ = self._popular(context, seen, current)
+        items, _, _ = self._popular(policy, context, seen, current)
         have = {p.item for p in placed}
         items = np.array([i for i in items if int(i) not in have], dtype=np.int64)
         if not len(items):

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_right
 from itertools import accumulate
 
+from recstack.policy.rerank import stable_hash
 from recstack.serving.config import Experiment, Variant
 
 
 def bucket(experiment_id: str, user_id: str) -> float:
     """A uniform number in [0, 1) fixed for the pair: the same user always lands in the same variant, and
     different experiments split users independently."""
-    digest = hashlib.sha256(f"{experiment_id}\x1f{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return stable_hash(experiment_id, user_id) / 2**64
 
 
 def assign(experiment: Experiment, user_id: str) -> Variant:
