@@ -13,12 +13,14 @@ error inside recommend is served from the popular list and counted as the ``inte
 
 Environment: ``RECSTACK_MODEL`` (model tag, default ``recstack-funnel:latest``), ``RECSTACK_LOG_DIR``
 (feedback and response logs, default ``./recstack-logs``), ``RECSTACK_TORCH_THREADS`` (default 1: requests
-run side by side, each single-threaded), ``RECSTACK_SERVING_OVERRIDES`` (JSON merged over the packaged
+run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes, default one per core;
+each has its own result cache and shares the logs), ``RECSTACK_SERVING_OVERRIDES`` (JSON merged over the packaged
 serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for load tests).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -38,7 +40,14 @@ def _refused(endpoint: str, exc: RequestError, engine: Recommender) -> JSONRespo
     return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
 
 
-@bentoml.service(name="recstack", traffic={"timeout": 30})
+def _workers() -> int | str:
+    # One worker process per core by default: the funnel is mostly GIL-bound Python and numpy, so a
+    # single process serializes concurrent requests onto one core.
+    value = os.environ.get("RECSTACK_WORKERS", "cpu_count")
+    return value if value == "cpu_count" else int(value)
+
+
+@bentoml.service(name="recstack", workers=_workers(), traffic={"timeout": 30})
 class Recstack:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
 
@@ -46,8 +55,11 @@ class Recstack:
         import torch
 
         torch.set_num_threads(int(os.environ.get("RECSTACK_TORCH_THREADS", "1")))
+        overrides = os.environ.get("RECSTACK_SERVING_OVERRIDES")
         self.engine = Recommender.load(
-            self.bundle.path, log_dir=os.environ.get("RECSTACK_LOG_DIR", "recstack-logs")
+            self.bundle.path,
+            log_dir=os.environ.get("RECSTACK_LOG_DIR", "recstack-logs"),
+            overrides=json.loads(overrides) if overrides else None,
         )
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)

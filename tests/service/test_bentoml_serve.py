@@ -22,6 +22,7 @@ def server(bento_store: Path, tmp_path_factory: pytest.TempPathFactory):
         "BENTOML_HOME": str(bento_store),
         "RECSTACK_LOG_DIR": str(logs),
         "RECSTACK_MODEL": "recstack-funnel:test",
+        "RECSTACK_SERVING_OVERRIDES": '{"limits": {"max_k": 20}}',
     }
     with bentoml_serve(
         "service:Recstack", PROJECT_ROOT / "bentos", env, logs / "server.out", ready_s=120
@@ -39,6 +40,7 @@ def test_real_server_answers_and_exports_metrics(server) -> None:
             "cold_start_user"
         ]
         assert c.post("/recommend", json={"user_id": 1, "k": -1}).status_code == 400
+        assert c.post("/recommend", json={"user_id": 1, "k": 21}).json()["field"] == "k"  # the env override
         ack = c.post(
             "/feedback",
             json={

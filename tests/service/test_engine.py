@@ -305,3 +305,11 @@ def test_serving_config_errors_name_the_field() -> None:
             }
         )
     assert ServingConfig().budgets.total_ms == 180
+
+
+def test_load_overrides_are_merged_and_validated(bundle_dir: Path) -> None:
+    rec = Recommender.load(bundle_dir, overrides={"cache": {"enabled": False}, "budgets": {"ranking_ms": 5}})
+    assert rec.cache is None and rec.config.budgets.ranking_ms == 5 and rec.config.budgets.total_ms == 180
+    rec.close()
+    with pytest.raises(ServingConfigError, match="budgets.ranking_ms"):
+        Recommender.load(bundle_dir, overrides={"budgets": {"ranking_ms": -1}})

@@ -102,8 +102,15 @@ class Recommender:
         self.policy = policy or bundle.policy
         # FAISS parallelizes one query over OpenMP threads, which makes a single-user search ~200x slower
         # (8 ms against 0.04 ms here): the service runs many requests side by side instead.
+        # The OpenMP thread count is per thread, so it is set in every pool thread too, not only here:
+        # a pool thread left at the default spins OpenMP workers that starve concurrent requests.
         faiss.omp_set_num_threads(1)
-        self._pool = ThreadPoolExecutor(self.config.stage_threads, thread_name_prefix="recstack-stage")
+        self._pool = ThreadPoolExecutor(
+            self.config.stage_threads,
+            thread_name_prefix="recstack-stage",
+            initializer=faiss.omp_set_num_threads,
+            initargs=(1,),
+        )
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
