@@ -1,6 +1,6 @@
 """The framework's floor: a minimal BentoML endpoint returning a fixed list of 10 ids.
 
-Served beside recstack by benchmarks/serving_load.py with the same settings, so the ratio of the two
+Served beside recstack by benchmarks/serving_load.py with the same worker settings (``recstack.serving.workers``), so the ratio of the two
 measures what recstack's funnel costs on top of BentoML on this machine.
 """
 
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import bentoml
 
+from recstack.serving.workers import service_settings, spread_connections
+
+spread_connections()
 ITEMS = [str(i) for i in range(1, 11)]
 
 
-@bentoml.service(name="floor", traffic={"timeout": 30})
+@bentoml.service(name="floor", **service_settings())
 class Floor:
     @bentoml.api(route="/recommend")
     def recommend(self, user_id: str, k: int = 10) -> dict:

@@ -30,6 +30,7 @@ from recstack.serving.local import bentoml_serve
 
 HERE = Path(__file__).resolve().parent
 NO_CACHE = {"cache": {"enabled": False}}
+STAGGER_S = 0.01  # between the clients' first requests (both targets alike)
 
 
 async def load(base: str, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
@@ -42,6 +43,9 @@ async def load(base: str, users: list[str], concurrency: int, seconds: float, k:
 
         async def worker(w: int) -> None:
             nonlocal errors
+            # Clients connect a little apart, as real ones do: BentoML's workers share one socket, and
+            # eight connections opened in the same instant can all land on one worker (issue #5426).
+            await asyncio.sleep(STAGGER_S * w)
             i = w
             while time.perf_counter() < stop_at:
                 user = users[i % len(users)]

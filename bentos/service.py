@@ -14,8 +14,10 @@ error inside recommend is served from the popular list and counted as the ``inte
 Environment: ``RECSTACK_MODEL`` (model tag, default ``recstack-funnel:latest``), ``RECSTACK_LOG_DIR``
 (feedback and response logs, default ``./recstack-logs``), ``RECSTACK_TORCH_THREADS`` (default 1: requests
 run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes, default one per core;
-each has its own result cache and shares the logs), ``RECSTACK_SERVING_OVERRIDES`` (JSON merged over the packaged
-serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for load tests).
+each has its own result cache and shares the logs), ``RECSTACK_THREADS`` (requests one worker handles at
+once, default 8), ``RECSTACK_SERVING_OVERRIDES``
+(JSON merged over the packaged serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for
+load tests).
 """
 
 from __future__ import annotations
@@ -26,10 +28,20 @@ import os
 from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from recstack.serving.engine import Recommender, RequestError
-from recstack.serving.schemas import FeedbackEvent, RecommendRequest, SimilarRequest
+from recstack.serving.schemas import (
+    FeedbackAck,
+    FeedbackEvent,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarRequest,
+    SimilarResponse,
+)
+from recstack.serving.workers import service_settings, spread_connections
+
+spread_connections()  # before the worker listens: see recstack.serving.workers
 
 MODEL_TAG = os.environ.get("RECSTACK_MODEL", "recstack-funnel:latest")
 log = logging.getLogger("recstack.service")
@@ -40,14 +52,13 @@ def _refused(endpoint: str, exc: RequestError, engine: Recommender) -> JSONRespo
     return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
 
 
-def _workers() -> int | str:
-    # One worker process per core by default: the funnel is mostly GIL-bound Python and numpy, so a
-    # single process serializes concurrent requests onto one core.
-    value = os.environ.get("RECSTACK_WORKERS", "cpu_count")
-    return value if value == "cpu_count" else int(value)
+def _json(model: RecommendResponse | SimilarResponse | FeedbackAck) -> Response:
+    # A ready Response skips BentoML's output conversion, which builds the model's JSON schema on every
+    # call (to pick a media type): 2-3 % of a request's CPU.
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
-@bentoml.service(name="recstack", workers=_workers(), traffic={"timeout": 30})
+@bentoml.service(name="recstack", **service_settings())
 class Recstack:
     bundle = bentoml.models.BentoModel(MODEL_TAG)
 
@@ -63,27 +74,27 @@ class Recstack:
         )
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **fields: Any) -> dict:
+    def recommend(self, **fields: Any) -> RecommendResponse:
         request = RecommendRequest.model_construct(**fields)
         try:
-            return self.engine.recommend(request).model_dump(mode="json")
+            return _json(self.engine.recommend(request))
         except RequestError as exc:
             return _refused("recommend", exc, self.engine)
         except Exception:
             log.exception("recommend failed; serving the emergency list")
-            return self.engine.emergency(request).model_dump(mode="json")
+            return _json(self.engine.emergency(request))
 
     @bentoml.api(route="/similar", input_spec=SimilarRequest)
-    def similar(self, **fields: Any) -> dict:
+    def similar(self, **fields: Any) -> SimilarResponse:
         try:
-            return self.engine.similar(SimilarRequest.model_construct(**fields)).model_dump(mode="json")
+            return _json(self.engine.similar(SimilarRequest.model_construct(**fields)))
         except RequestError as exc:
             return _refused("similar", exc, self.engine)
 
     @bentoml.api(route="/feedback", input_spec=FeedbackEvent)
-    def feedback(self, **fields: Any) -> dict:
+    def feedback(self, **fields: Any) -> FeedbackAck:
         try:
-            return self.engine.feedback(FeedbackEvent.model_construct(**fields)).model_dump(mode="json")
+            return _json(self.engine.feedback(FeedbackEvent.model_construct(**fields)))
         except RequestError as exc:
             return _refused("feedback", exc, self.engine)
         except OSError as exc:

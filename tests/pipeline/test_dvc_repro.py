@@ -57,6 +57,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Smoke-run sizes: the point here is the mechanism, not the model quality.
     params["train_retrieval"].update(max_epochs=3, patience=1, embedding_dim=16, tower_dims=[32, 16])
     params["train_ranking"].update(max_epochs=2, patience=1, n_candidates=20, n_random_negatives=5)
+    params["batch_topn"].update(k=5, chunk_users=64)  # 40 items; several parts
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git_commit_all(dest)
     return dest
@@ -110,8 +111,10 @@ def _model_metrics(project: Path) -> dict[str, dict]:
 
 def test_full_pipeline_trains_both_models_and_evaluates_every_system(project: Path) -> None:
     out = run(["dvc", "repro"], project).stdout
-    for stage in ("train_retrieval", "train_ranking", "evaluate", "build_index", "package"):
+    for stage in ("train_retrieval", "train_ranking", "evaluate", "build_index", "package", "batch_topn"):
         assert f"Running stage '{stage}'" in out
+    topn = json.loads((project / "metrics" / "batch_topn.json").read_text())
+    assert topn["short_lists"] == 0 and topn["rows"] == topn["users"] * 5 and topn["funnel_share"] == 1.0
     package = json.loads((project / "metrics" / "package.json").read_text())
     assert package["smoke_requests"] == 60 and package["smoke_fallback_rate"] == 0.0
     assert (project / "artifacts" / "package" / "recstack.bento").stat().st_size > 0

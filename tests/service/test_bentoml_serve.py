@@ -54,6 +54,7 @@ def test_real_server_answers_and_exports_metrics(server) -> None:
         metrics = c.get("/metrics").text
     for name in (
         "recstack_stage_seconds_bucket",
+        "recstack_batch_size_bucket",
         "recstack_fallbacks_total",
         "recstack_cache_requests_total",
         "recstack_served_total",

@@ -168,7 +168,7 @@ def test_missing_or_failing_index_serves_popular(loaded_bundle, tmp_path: Path, 
     def broken(*args, **kwargs):
         raise RuntimeError("index corrupted")
 
-    monkeypatch.setattr("recstack.serving.engine.search", broken)
+    monkeypatch.setattr("recstack.serving.stages.search", broken)
     resp = no_index.recommend(RecommendRequest(user_id=uid, k=7))
     assert (
         resp.served_by.startswith("popular")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from recstack.models.inputs import gather_ranges
 from recstack.policy.schema import AttributeMatch, Policy
 
 CATEGORY_ATTRIBUTE = "category"
@@ -36,6 +37,24 @@ class PolicyCatalog:
     age_days: np.ndarray
     interactions: np.ndarray
     _index: dict[str, int] = field(default_factory=dict, repr=False)
+    _unit: sp.csr_matrix | None = field(default=None, repr=False)
+
+    def unit_categories(self, items: np.ndarray | list[int]) -> np.ndarray:
+        """Dense ``(len(items), n_categories)`` float64 category vectors scaled to unit length (zero rows
+        for items without a category): MMR's similarity is their dot product, the category cosine."""
+        if self._unit is None:
+            v = self.categories.astype(np.float64)
+            norms = np.sqrt(np.asarray(v.multiply(v).sum(axis=1)).ravel())
+            norms[norms == 0] = 1.0
+            self._unit = (sp.diags(1 / norms) @ v).tocsr()
+        # Rows gathered straight from the CSR arrays: scipy's fancy row indexing costs ~0.3 ms a call.
+        u = self._unit
+        items = np.asarray(items, dtype=np.int64)
+        starts, lengths = u.indptr[items], u.indptr[items + 1] - u.indptr[items]
+        out = np.zeros((len(items), u.shape[1]), dtype=np.float64)
+        rows = np.repeat(np.arange(len(items)), lengths)
+        out[rows, gather_ranges(u.indices, starts, lengths)] = gather_ranges(u.data, starts, lengths)
+        return out
 
     def index_of(self, item_id: str) -> int:
         """Item index of a raw id (0 = unknown)."""
@@ -99,8 +118,7 @@ def _filter(policy: Policy, cat: PolicyCatalog, req: Request, items: np.ndarray)
     for rule in policy.exclude:
         for it in items[cat.matches(rule, items)]:
             out.setdefault(int(it), f"excluded: {rule.attribute} in {rule.values}")
-    for it in items:
-        i = int(it)
+    for i in items.tolist():
         if policy.filter_seen and i in req.seen:
             out.setdefault(i, "already seen")
         elif i in excluded:
@@ -121,12 +139,9 @@ def _mmr(
     updated incrementally, so a step costs O(window).
     """
     pool = order[:window]
-    v = cat.categories[pool].astype(np.float64)
-    norms = np.sqrt(np.asarray(v.multiply(v).sum(axis=1)).ravel())
-    norms[norms == 0] = 1.0
-    unit = sp.diags(1 / norms) @ v
-    sim = np.asarray((unit @ unit.T).todense())
-    relevance = np.array([rel[i] for i in pool])
+    unit = cat.unit_categories(pool)  # (W, C); dense: a 50 x 50 product is cheaper than sparse bookkeeping
+    sim = unit @ unit.T
+    relevance = np.array([rel[i] for i in pool], dtype=np.float64)
     max_sim = np.zeros(len(pool))
     free = np.ones(len(pool), dtype=bool)
     chosen: list[int] = []
@@ -158,13 +173,13 @@ def rerank(
     valid = items > 0
     items, scores = items[valid].astype(np.int64), scores[valid].astype(np.float64)
     filtered = _filter(policy, catalog, request, items)
-    keep = np.array([int(i) not in filtered for i in items], dtype=bool)
+    keep = ~np.isin(items, np.fromiter(filtered, dtype=np.int64, count=len(filtered)))
     items, scores = items[keep], scores[keep]
     # Rules multiply a relevance in (0, 1]: scores (logits, similarities) are min-max scaled per list first,
     # so a boost means the same thing whatever the scale of the model's scores.
     span = float(scores.max() - scores.min()) if len(scores) else 0.0
     rel = 0.05 + 0.95 * (scores - scores.min()) / span if span > 0 else np.ones(len(scores))
-    actions: dict[int, list[str]] = {int(i): [] for i in items}
+    actions: dict[int, list[str]] = {i: [] for i in items.tolist()}
     for b in policy.boosts:
         hit = catalog.matches(b, items)
         rel[hit] *= b.factor
@@ -177,9 +192,10 @@ def rerank(
             actions[int(i)].append(
                 f"fresh (< {policy.freshness.max_age_days:g} days) x{policy.freshness.factor}"
             )
-    relevance = {int(i): float(r) for i, r in zip(items, rel, strict=True)}
-    base_score = {int(i): float(s) for i, s in zip(items, scores, strict=True)}
-    order = [int(i) for i in items[np.argsort(-rel, kind="stable")]]
+    # .tolist() gives Python ints and floats in one C call (a comprehension over numpy scalars is 5x slower).
+    relevance = dict(zip(items.tolist(), rel.tolist(), strict=True))
+    base_score = dict(zip(items.tolist(), scores.tolist(), strict=True))
+    order = items[np.argsort(-rel, kind="stable")].tolist()
     before = {i: p for p, i in enumerate(order)}
     d = policy.diversity
     if d is not None and d.method == "mmr" and order:

@@ -10,7 +10,9 @@ response says which path served it and why:
 * unknown user without a current item -> the cold-start chain: popular in the user's context segment
   (e.g. region), then global popular.
 
-Every path ends in the same policy re-ranker, so filters and business rules hold whatever served.
+Retrieval and ranking run on :class:`~recstack.serving.stages.StageLanes`, which batch the requests
+waiting for them (one query-tower forward, one FAISS search, one DLRM forward per batch). Every path ends
+in the same policy re-ranker, so filters and business rules hold whatever served.
 """
 
 from __future__ import annotations
@@ -18,21 +20,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
-import scipy.sparse as sp
 
 from recstack.policy.rerank import Placed, Request, rerank, stable_hash
 from recstack.policy.schema import Policy
-from recstack.ranking.scorer import append_items
-from recstack.retrieval.index import search
 from recstack.serving.bundle import Bundle, load_bundle
 from recstack.serving.cache import ResultCache
 from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
@@ -50,6 +46,7 @@ from recstack.serving.schemas import (
     SimilarRequest,
     SimilarResponse,
 )
+from recstack.serving.stages import Candidates, Job, StageLanes, Stages, wait
 from recstack.serving.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -64,13 +61,24 @@ class RequestError(ValueError):
 
 
 @dataclass
-class Candidates:
-    """A retrieved list in retrieval order: items ``(N,)``, their retrieval scores ``(N,)`` and which
-    retriever found each (``user``: the query tower, ``neighbours``: the current item's neighbours)."""
+class _Plan:
+    """What one request needs besides the models' answers; fallbacks and timings accumulate here."""
 
-    items: np.ndarray
-    scores: np.ndarray
-    from_neighbours: np.ndarray  # (N,) bool
+    req: RecommendRequest
+    experiment: str | None
+    variant: Variant | None
+    seed: int
+    policy: Policy
+    user: int
+    current: int
+    seen: np.ndarray
+    context: dict[str, str | None]
+    n: int
+    use_ranker: bool
+    deadline: float
+    warnings: list[str]
+    fallbacks: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -100,17 +108,8 @@ class Recommender:
         self.bundle = bundle
         self.config = config or bundle.config
         self.policy = policy or bundle.policy
-        # FAISS parallelizes one query over OpenMP threads, which makes a single-user search ~200x slower
-        # (8 ms against 0.04 ms here): the service runs many requests side by side instead.
-        # The OpenMP thread count is per thread, so it is set in every pool thread too, not only here:
-        # a pool thread left at the default spins OpenMP workers that starve concurrent requests.
-        faiss.omp_set_num_threads(1)
-        self._pool = ThreadPoolExecutor(
-            self.config.stage_threads,
-            thread_name_prefix="recstack-stage",
-            initializer=faiss.omp_set_num_threads,
-            initargs=(1,),
-        )
+        self.stages = Stages(bundle, self.config)
+        self.lanes = StageLanes(self.stages, self.config.stage_threads, self.config.max_batch)
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -136,17 +135,15 @@ class Recommender:
         return cls(bundle, config=config, log_dir=log_dir)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.lanes.close()
         for lg in (self.feedback_log, self.responses_log):
             if lg is not None:
                 lg.close()
 
     # ----------------------------------------------------------------------------------------- recommend
 
-    def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """Answer one request. Raises :class:`RequestError` for input outside the configured limits;
-        any failure inside a stage is absorbed by that stage's fallback."""
-        t0 = time.perf_counter()
+    def _check(self, req: RecommendRequest) -> None:
+        """Refuse input outside the configured limits (:class:`RequestError` naming the field)."""
         cfg = self.config
         if req.k > cfg.limits.max_k:
             raise RequestError("k", f"k={req.k} is above this service's maximum of {cfg.limits.max_k}")
@@ -159,11 +156,21 @@ class Recommender:
             raise RequestError("surface", f"surface {req.surface!r} is not enabled on this service")
         if surface.requires_current_item and req.current_item_id is None:
             raise RequestError("current_item_id", f"surface {req.surface!r} needs current_item_id")
-        experiment = active(cfg.experiments, req.surface)
+
+    def _assign(self, req: RecommendRequest) -> tuple[str | None, Variant | None, int]:
+        """The request's experiment, variant and seed (the request's, else a stable hash of user and
+        surface, so the same request gets the same exploration everywhere)."""
+        experiment = active(self.config.experiments, req.surface)
         variant = assign(experiment, req.user_id) if experiment else None
-        seed = (
-            req.seed if req.seed is not None else stable_hash(req.user_id, req.surface) >> 1
-        )  # the schema's seed range
+        seed = req.seed if req.seed is not None else stable_hash(req.user_id, req.surface) >> 1
+        return (experiment.id if experiment else None), variant, seed
+
+    def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        """Answer one request. Raises :class:`RequestError` for input outside the configured limits;
+        any failure inside a stage is absorbed by that stage's fallback."""
+        t0 = time.perf_counter()
+        self._check(req)
+        experiment, variant, seed = self._assign(req)
         key = (
             req.surface,
             req.k,
@@ -185,7 +192,7 @@ class Recommender:
                     update={"request_id": uuid.uuid4().hex, "cached": True, "timings_ms": {}}
                 )
         if response is None:
-            response = self._serve(req, experiment.id if experiment else None, variant, seed, t0)
+            response = self._serve(self._plan(req, experiment, variant, seed, t0))
             if self.cache is not None:
                 self.cache.put(req.user_id, key, response)
         total = time.perf_counter() - t0
@@ -195,6 +202,48 @@ class Recommender:
         if self.responses_log is not None:
             self._log_response(req, response)
         return response
+
+    def recommend_batch(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
+        """Answer many requests at once, offline: one retrieval and one ranking batch for all of them, then
+        the same policy and fallbacks as :meth:`recommend`, without budgets, cache or logs (the
+        batch stage). Raises :class:`RequestError` for the first request outside the limits."""
+        for req in requests:
+            self._check(req)
+        t0 = time.perf_counter()
+        plans = [self._plan(req, *self._assign(req), t0) for req in requests]
+        jobs = {i: job for i, p in enumerate(plans) if (job := self._job(p)) is not None}
+        order = list(jobs)
+        found: dict[int, Any] = {}
+        ranked: dict[int, np.ndarray | BaseException] = {}
+        if order:
+            try:
+                cands = self.stages.retrieve([jobs[i] for i in order])
+                found = dict(zip(order, cands, strict=True))
+            except Exception as exc:  # noqa: BLE001 - each request below records the fallback
+                found = dict.fromkeys(order, exc)
+            to_rank = [i for i in order if not isinstance(found[i], BaseException) and jobs[i].rank]
+            to_rank = [i for i in to_rank if len(found[i].items)]
+            if to_rank:
+                try:
+                    logits = self.stages.rank([jobs[i] for i in to_rank], [found[i] for i in to_rank])
+                    ranked = dict(zip(to_rank, logits, strict=True))
+                except Exception as exc:  # noqa: BLE001 - as above
+                    ranked = dict.fromkeys(to_rank, exc)
+        out = []
+        for i, plan in enumerate(plans):
+            cands, scores = found.get(i), ranked.get(i)
+            if isinstance(cands, BaseException):
+                log.error("batch retrieval failed for user %s: %s", plan.req.user_id, cands)
+                plan.fallbacks.append("retrieval_error")
+                cands = None
+            elif cands is not None and plan.use_ranker and scores is None and not len(cands.items):
+                scores = np.empty(0, np.float32)
+            if isinstance(scores, BaseException):
+                log.error("batch ranking failed for user %s: %s", plan.req.user_id, scores)
+                plan.fallbacks.append("ranker_error")
+                scores = None
+            out.append(self._finish(plan, cands, scores))
+        return out
 
     def emergency(self, req: RecommendRequest) -> RecommendResponse:
         """Last resort after an unexpected error: global popular items the user has not seen, no policy."""
@@ -214,80 +263,112 @@ class Recommender:
             seed=0,
         )
 
-    def _serve(
+    def _plan(
         self, req: RecommendRequest, experiment: str | None, variant: Variant | None, seed: int, t0: float
-    ) -> RecommendResponse:
+    ) -> _Plan:
         b, cfg = self.bundle, self.config
-        deadline = t0 + cfg.budgets.total_ms / 1000
-        fallbacks: list[str] = []
         warnings: list[str] = []
-        timings: dict[str, float] = {}
         user = b.user_index(req.user_id)
         current = 0
         if req.current_item_id is not None:
             current = b.item_index(req.current_item_id)
             if current == 0:
                 warnings.append(f"current_item_id {req.current_item_id!r} is unknown: ignored")
-        seen = b.seen(user)
-        policy = variant.policy if variant is not None and variant.policy is not None else self.policy
-        context = self._context(req, user)
         n = (variant.n_candidates if variant and variant.n_candidates else None) or cfg.n_candidates
-        n = min(n, b.tables.items.n_items - 1)
-        cands: Candidates | None = None
-        retrieved: dict[int, tuple[int, float]] = {}  # item -> (retrieval rank, score), for explain only
-        path = "funnel"
-        if user == 0 and current == 0:
-            fallbacks.append("cold_start_user")
-        elif b.index is None and cfg.retrieval == "ann":
-            fallbacks.append("index_missing")
-        else:
+        return _Plan(
+            req=req,
+            experiment=experiment,
+            variant=variant,
+            seed=seed,
+            policy=variant.policy if variant is not None and variant.policy is not None else self.policy,
+            user=user,
+            current=current,
+            seen=b.seen(user),
+            context=self._context(req, user),
+            n=min(n, b.tables.items.n_items - 1),
+            use_ranker=variant.use_ranker if variant else True,
+            deadline=t0 + cfg.budgets.total_ms / 1000,
+            warnings=warnings,
+        )
+
+    def _job(self, plan: _Plan) -> Job | None:
+        """The request's model work, or None (with the reason in ``plan.fallbacks``) when there is none."""
+        b, cfg = self.bundle, self.config
+        if plan.user == 0 and plan.current == 0:
+            plan.fallbacks.append("cold_start_user")
+            return None
+        if b.index is None and cfg.retrieval == "ann":
+            plan.fallbacks.append("index_missing")
+            return None
+        return Job(
+            user=plan.user,
+            current=plan.current,
+            drop=np.union1d(plan.seen, [plan.current]) if plan.current > 0 else plan.seen,
+            n=plan.n,
+            item_weight=cfg.surfaces[plan.req.surface].item_weight,
+            rank=plan.use_ranker and b.funnel is not None,
+            as_of=int(time.time() * 1_000_000) if cfg.clock == "wall" else None,
+        )
+
+    def _serve(self, plan: _Plan) -> RecommendResponse:
+        """Online: the model stages on the lanes, each waited for at most its budget."""
+        cfg = self.config
+        job = self._job(plan)
+        cands = scores = None
+        if job is not None:
+            self.lanes.submit(job)
             start = time.perf_counter()
             try:
-                budget = min(cfg.budgets.retrieval_ms / 1000, deadline - start)
-                cands = self._within(
-                    budget, self._retrieve, user, current, seen, n, cfg.surfaces[req.surface].item_weight
-                )
-            except FutureTimeout:
-                fallbacks.append("retrieval_timeout")
+                cands = wait(job.retrieved, min(cfg.budgets.retrieval_ms / 1000, plan.deadline - start))
+            except TimeoutError:
+                job.abandoned = True
+                plan.fallbacks.append("retrieval_timeout")
             except Exception:
-                log.exception("retrieval failed for user %s", req.user_id)
-                fallbacks.append("retrieval_error")
-            timings["retrieval"] = self._observe("retrieval", start)
-        if cands is None:
-            items, scores, path = self._popular(policy, context, seen, current)
-            found_by = np.zeros(len(items), dtype=bool)
-        else:
-            items, scores, found_by = cands.items, cands.scores, cands.from_neighbours
-            if req.explain:
-                retrieved = {
-                    int(it): (r + 1, float(sc)) for r, (it, sc) in enumerate(zip(items, scores, strict=True))
-                }
-            use_ranker = variant.use_ranker if variant else True
-            if not use_ranker:
-                path = "retrieval"
-            elif b.funnel is None:
-                fallbacks.append("ranker_missing")
-                path = "retrieval"
-            else:
+                log.exception("retrieval failed for user %s", plan.req.user_id)
+                plan.fallbacks.append("retrieval_error")
+            plan.timings["retrieval"] = self._observe("retrieval", start)
+            if cands is not None and job.rank:
                 start = time.perf_counter()
                 try:
-                    budget = min(cfg.budgets.ranking_ms / 1000, deadline - start)
-                    scores = self._within(budget, self._rank, user, current, items, scores)
-                except FutureTimeout:
-                    fallbacks.append("ranker_timeout")
-                    path = "retrieval"
+                    scores = wait(job.ranked, min(cfg.budgets.ranking_ms / 1000, plan.deadline - start))
+                except TimeoutError:
+                    job.abandoned = True
+                    plan.fallbacks.append("ranker_timeout")
                 except Exception:
-                    log.exception("ranking failed for user %s", req.user_id)
-                    fallbacks.append("ranker_error")
-                    path = "retrieval"
-                timings["ranking"] = self._observe("ranking", start)
+                    log.exception("ranking failed for user %s", plan.req.user_id)
+                    plan.fallbacks.append("ranker_error")
+                plan.timings["ranking"] = self._observe("ranking", start)
+        return self._finish(plan, cands, scores)
+
+    def _finish(self, plan: _Plan, cands: Candidates | None, scores: np.ndarray | None) -> RecommendResponse:
+        """From the model stages' results (None = the stage did not deliver; the reason is already in
+        ``plan.fallbacks``) to the response: fallback lists, the policy, popular top-up, explanations."""
+        b = self.bundle
+        req, policy, seen, current = plan.req, plan.policy, plan.seen, plan.current
+        fallbacks, timings = plan.fallbacks, plan.timings
+        retrieved: dict[int, tuple[int, float]] = {}  # item -> (retrieval rank, score), for explain only
+        path = "funnel"
+        if cands is None:
+            items, scores, path = self._popular(policy, plan.context, seen, current)
+            found_by = np.zeros(len(items), dtype=bool)
+        else:
+            items, found_by = cands.items, cands.from_neighbours
+            if req.explain:
+                retrieved = {
+                    int(it): (r + 1, float(sc))
+                    for r, (it, sc) in enumerate(zip(items, cands.scores, strict=True))
+                }
+            if scores is None:
+                if plan.use_ranker and b.funnel is None:
+                    fallbacks.append("ranker_missing")
+                path, scores = "retrieval", cands.scores
             # The policy sees the list best first, as offline evaluation gives it.
             order = np.argsort(-scores, kind="stable")
             items, scores, found_by = items[order], scores[order], found_by[order]
         start = time.perf_counter()
-        placed = self._apply_policy(policy, req, seen, current, items, scores, seed, path, fallbacks)
+        placed = self._apply_policy(policy, req, seen, current, items, scores, plan.seed, path, fallbacks)
         if len(placed) < req.k:
-            placed = self._fill(placed, policy, req, seen, current, context, fallbacks)
+            placed = self._fill(placed, policy, req, seen, current, plan.context, fallbacks)
         timings["policy"] = self._observe("policy", start)
         for reason in fallbacks:
             self.metrics.fallbacks.labels(reason=reason).inc()
@@ -315,29 +396,16 @@ class Recommender:
             items=out,
             served_by=path,
             fallbacks=fallbacks,
-            experiments=[Assignment(experiment=experiment, variant=variant.name)] if variant else [],
+            experiments=[Assignment(experiment=plan.experiment, variant=plan.variant.name)]
+            if plan.variant
+            else [],
             model_version=versions.get("retrieval"),
             ranker_version=versions.get("ranking") if path == "funnel" else None,
             policy=policy.name,
-            seed=seed,
+            seed=plan.seed,
             timings_ms=timings,
-            warnings=warnings,
+            warnings=plan.warnings,
         )
-
-    def _within(self, budget_s: float, fn: Any, *args: Any) -> Any:
-        """Run ``fn(*args)`` on the stage pool and wait at most ``budget_s``; FutureTimeout when over.
-
-        An overrunning stage keeps its thread until it finishes (Python cannot kill a thread), but the
-        request no longer waits for it.
-        """
-        if budget_s <= 0:
-            raise FutureTimeout()
-        future = self._pool.submit(fn, *args)
-        try:
-            return future.result(timeout=budget_s)
-        except FutureTimeout:
-            future.cancel()
-            raise
 
     def _observe(self, stage: str, start: float) -> float:
         elapsed = time.perf_counter() - start
@@ -354,71 +422,6 @@ class Recommender:
         if req.device is not None:
             ctx["device"] = req.device
         return ctx
-
-    # ----------------------------------------------------------------------------------------- stages
-
-    def _query(self, user: int, current: int) -> np.ndarray:
-        """``(1, D)`` query vector: the user's history with the current item appended as the newest."""
-        r = self.bundle.retriever
-        users = np.array([user], dtype=np.int64)
-        history = self.bundle.sequences.last(users, r.config.history_length)
-        if current > 0:
-            history = append_items(history, np.array([current], dtype=np.int64))
-        return r.query_vectors(users, history)
-
-    def _search(self, query: np.ndarray, n: int, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` items for ``query`` ``(1, D)`` without ``drop``: over-fetch by ``len(drop)`` so the
-        list is still ``n`` long after removing them (exact for exact search)."""
-        b = self.bundle
-        if self.config.retrieval == "exact":
-            row = sp.csr_matrix(
-                (np.ones(len(drop), np.float32), (np.zeros(len(drop), np.int64), drop)),
-                shape=(1, b.tables.items.n_items),
-            )
-            items, scores = b.retriever.candidates(b.sequences, np.array([0]), row, n, query=query)
-            keep = items[0] >= 0
-            return items[0][keep], scores[0][keep]
-        want = min(n + len(drop) + 1, b.index.ntotal)
-        ids, sims = search(b.index, query, want)
-        ids, sims = ids[0], sims[0]
-        keep = (ids > 0) & ~np.isin(ids, drop)
-        return ids[keep][:n], sims[keep][:n]
-
-    def _retrieve(self, user: int, current: int, seen: np.ndarray, n: int, item_weight: float) -> Candidates:
-        """The user's ``n`` candidates; with a current item, blended with its nearest neighbours:
-        ``score = (1 - w) * q . v + w * v_current . v`` over the union of both lists."""
-        drop = np.union1d(seen, [current]) if current > 0 else seen
-        q = self._query(user, current)
-        items, scores = self._search(q, n, drop)
-        if current == 0 or item_weight <= 0:
-            return Candidates(items, scores.astype(np.float32), np.zeros(len(items), dtype=bool))
-        vectors = self.bundle.retriever.item_vectors
-        anchor = vectors[current][None, :]
-        near, _ = self._search(anchor, self.config.n_neighbours, drop)
-        union = np.concatenate([items, near[~np.isin(near, items)]])
-        blended = (1 - item_weight) * (vectors[union] @ q[0]) + item_weight * (vectors[union] @ anchor[0])
-        order = np.argsort(-blended, kind="stable")[:n]
-        union = union[order]
-        return Candidates(
-            union, blended[order].astype(np.float32), np.isin(union, near) & ~np.isin(union, items)
-        )
-
-    def _rank(self, user: int, current: int, items: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """DLRM logits ``(N,)`` of the candidates, with the request's time and current item as context."""
-        b = self.bundle
-        as_of = None
-        if self.config.clock == "wall":
-            as_of = np.array([int(time.time() * 1_000_000)], dtype=np.int64)
-        ctx_item = np.array([current], dtype=np.int64) if current > 0 else None
-        logits = b.funnel.score_candidates(
-            b.ranking_context,
-            np.array([user], dtype=np.int64),
-            items[None, :],
-            scores[None, :],
-            as_of,
-            ctx_item,
-        )
-        return logits[0]
 
     def _popular(
         self, policy: Policy, context: dict[str, str | None], seen: np.ndarray, current: int
@@ -445,7 +448,7 @@ class Recommender:
         source = "popular" if path.startswith("popular") else "retrieval"
         request = Request(
             k=req.k,
-            seen=frozenset(int(i) for i in seen) | ({current} if current else frozenset()),
+            seen=frozenset(seen.tolist()) | ({current} if current else frozenset()),
             exclude_item_ids=tuple(req.exclude_item_ids),
             region=req.region,
             seed=seed,
@@ -514,7 +517,9 @@ class Recommender:
             try:
                 if b.index is None and self.config.retrieval == "ann":
                     raise RuntimeError("no index")
-                lists["embedding"] = self._search(b.retriever.item_vectors[item][None, :], req.k, drop)
+                lists["embedding"] = self.stages.search(
+                    b.retriever.item_vectors[item][None, :], [req.k], [drop]
+                )[0]
             except Exception:
                 if b.index is not None:
                     log.exception("similar-items search failed for item %s", req.item_id)

@@ -13,6 +13,7 @@ from typing import Any
 
 # Per-stage latency buckets (seconds): sub-millisecond ANN searches up to budget overruns.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Metrics:
     cache_hit_ratio: Any  # Gauge
     feedback: Any  # Counter{event_type}
     rejected: Any  # Counter{endpoint, field}
+    batch_size: Any  # Histogram{stage}
 
 
 _lock = threading.Lock()
@@ -57,6 +59,12 @@ def metrics() -> Metrics:
                 feedback=pc.Counter("recstack_feedback_events", "Feedback events accepted", ["event_type"]),
                 rejected=pc.Counter(
                     "recstack_rejected_requests", "Requests refused with a 4xx", ["endpoint", "field"]
+                ),
+                batch_size=pc.Histogram(
+                    "recstack_batch_size",
+                    "Requests per model batch (the stage lanes batch concurrent requests)",
+                    ["stage"],
+                    buckets=BATCH_BUCKETS,
                 ),
             )
         return _metrics

@@ -1,0 +1,328 @@
+"""The funnel's model stages, batched: retrieval (query tower + FAISS) and ranking (DLRM).
+
+One request or many go through the same code: :class:`Stages` computes a *batch* of jobs with one query
+tower forward, one FAISS search per over-fetch size and one DLRM forward; a single request is a batch of
+one. :class:`StageLanes` runs the two stages on their own threads for the online service and batches
+whatever requests are waiting when a lane becomes free ("natural" batching: under load a batch forms while
+the previous one computes; an idle service adds no wait). The batch stage calls :class:`Stages` directly.
+
+A job's result does not depend on which other jobs share its batch: every row of the query tower, the
+search and the ranker is computed independently, and the over-fetch size is rounded to a fixed step so a
+user's search is the same alone or in company. (Batched float32 matrix products can round differently in
+the last bit, ~1e-7, which could only swap two candidates whose scores tie to that precision.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recstack.ranking.scorer import append_items
+from recstack.retrieval.index import search
+from recstack.serving.bundle import Bundle
+from recstack.serving.config import ServingConfig
+from recstack.serving.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+# Over-fetch sizes are rounded up to a multiple of this, so jobs share a FAISS call and a user's search
+# (whose HNSW breadth grows with k) does not depend on the batch it happens to be in.
+FETCH_STEP = 128
+
+
+@dataclass
+class Candidates:
+    """A retrieved list in retrieval order: items ``(N,)``, their retrieval scores ``(N,)`` and which
+    retriever found each (``from_neighbours``: the current item's neighbours, else the query tower)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    from_neighbours: np.ndarray  # (N,) bool
+
+
+@dataclass
+class Job:
+    """One request's model work.
+
+    Attributes:
+        user: user index (0 = unknown; only with a current item).
+        current: the current item's index (0 = none).
+        drop: sorted item indices never to retrieve (the user's seen items and the current one).
+        n: candidates wanted; item_weight: the current item's neighbours' share of the blended score.
+        rank: whether the ranker scores the candidates after retrieval.
+        as_of: request time (us) for the ranker's time features; None = the user's latest interaction.
+    """
+
+    user: int
+    current: int
+    drop: np.ndarray
+    n: int
+    item_weight: float = 0.0
+    rank: bool = True
+    as_of: int | None = None
+    retrieved: Future = field(default_factory=Future)
+    ranked: Future = field(default_factory=Future)
+    abandoned: bool = False  # the request stopped waiting: skip what is left
+
+
+def _round_up(x: int, step: int) -> int:
+    return -(-x // step) * step
+
+
+class Stages:
+    """Batched retrieval and ranking over a loaded :class:`Bundle`."""
+
+    def __init__(self, bundle: Bundle, config: ServingConfig) -> None:
+        self.bundle, self.config = bundle, config
+
+    # ------------------------------------------------------------------------------------- retrieval
+
+    @torch.no_grad()
+    def queries(self, jobs: Sequence[Job]) -> np.ndarray:
+        """``(B, D)`` query vectors: each user's history with the current item appended as the newest."""
+        r = self.bundle.retriever
+        users = np.array([j.user for j in jobs], dtype=np.int64)
+        history = self.bundle.sequences.last(users, r.config.history_length)
+        currents = np.array([j.current for j in jobs], dtype=np.int64)
+        if currents.any():
+            history = append_items(history, currents)  # 0 = append nothing
+        return r.query_vectors(users, history)
+
+    def search(
+        self, queries: np.ndarray, ns: Sequence[int], drops: Sequence[np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top ``ns[b]`` items for each query ``(B, D)`` without ``drops[b]``: ``(items, scores)`` per row.
+
+        ANN over-fetches by the number of dropped items so each list is still ``n`` long after removing
+        them; exact search scores the whole catalog with the drops masked.
+        """
+        b = self.bundle
+        if self.config.retrieval == "exact":
+            rows = np.repeat(np.arange(len(drops)), [len(d) for d in drops])
+            cols = np.concatenate(drops) if len(drops) else np.empty(0, np.int64)
+            exclude = sp.csr_matrix(
+                (np.ones(len(cols), np.float32), (rows, cols)), shape=(len(drops), b.tables.items.n_items)
+            )
+            items, scores = b.retriever.candidates(
+                b.sequences, np.arange(len(drops)), exclude, max(ns), query=queries
+            )
+            return [(items[r][items[r] >= 0][:n], scores[r][items[r] >= 0][:n]) for r, n in enumerate(ns)]
+        if b.index is None:
+            raise RuntimeError("the ANN index is missing")
+        # FAISS spreads a search over OpenMP threads (a per-thread setting), which makes a small search
+        # ~200x slower here (8 ms against 0.04 ms) and starves concurrent requests: the service and the
+        # batch stage already run side by side. Set in whichever thread searches (lanes, /similar, batch).
+        faiss.omp_set_num_threads(1)
+        wants = [
+            min(_round_up(n + len(d) + 1, FETCH_STEP), b.index.ntotal) for n, d in zip(ns, drops, strict=True)
+        ]
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(ns)  # type: ignore[list-item]
+        for want in sorted(set(wants)):
+            rows = [r for r, w in enumerate(wants) if w == want]
+            ids, sims = search(b.index, queries[rows], want)
+            for r, i, s in zip(rows, ids, sims, strict=True):
+                keep = (i > 0) & ~np.isin(i, drops[r])
+                out[r] = (i[keep][: ns[r]], s[keep][: ns[r]])
+        return out
+
+    def retrieve(self, jobs: Sequence[Job]) -> list[Candidates]:
+        """Each job's ``n`` candidates; with a current item, blended with its nearest neighbours:
+        ``score = (1 - w) * q . v + w * v_current . v`` over the union of both lists."""
+        q = self.queries(jobs)
+        lists = self.search(q, [j.n for j in jobs], [j.drop for j in jobs])
+        anchored = [r for r, j in enumerate(jobs) if j.current > 0 and j.item_weight > 0]
+        vectors = self.bundle.retriever.item_vectors
+        near_lists = {}
+        if anchored:
+            anchors = vectors[[jobs[r].current for r in anchored]]
+            found = self.search(
+                anchors, [self.config.n_neighbours] * len(anchored), [jobs[r].drop for r in anchored]
+            )
+            near_lists = dict(zip(anchored, found, strict=True))
+        out = []
+        for r, (job, (items, scores)) in enumerate(zip(jobs, lists, strict=True)):
+            if r not in near_lists:
+                out.append(Candidates(items, scores.astype(np.float32), np.zeros(len(items), dtype=bool)))
+                continue
+            near = near_lists[r][0]
+            anchor = vectors[job.current]
+            union = np.concatenate([items, near[~np.isin(near, items)]])
+            w = job.item_weight
+            blended = (1 - w) * (vectors[union] @ q[r]) + w * (vectors[union] @ anchor)
+            order = np.argsort(-blended, kind="stable")[: job.n]
+            union = union[order]
+            out.append(
+                Candidates(
+                    union, blended[order].astype(np.float32), np.isin(union, near) & ~np.isin(union, items)
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------------------------- ranking
+
+    def rank(self, jobs: Sequence[Job], cands: Sequence[Candidates]) -> list[np.ndarray]:
+        """DLRM logits ``(N_b,)`` of each job's candidates, with its request time and current item as
+        context; the lists are padded to one ``(B, N)`` batch (empty slots are dropped again)."""
+        b = self.bundle
+        width = max(len(c.items) for c in cands)
+        items = np.full((len(jobs), width), -1, dtype=np.int64)
+        sims = np.zeros((len(jobs), width), dtype=np.float32)
+        for r, c in enumerate(cands):
+            items[r, : len(c.items)], sims[r, : len(c.items)] = c.items, c.scores
+        users = np.array([j.user for j in jobs], dtype=np.int64)
+        currents = np.array([j.current for j in jobs], dtype=np.int64)
+        as_of = None
+        if any(j.as_of is not None for j in jobs):
+            offline = b.ranking_context.sequences.last_time(users)
+            as_of = np.array(
+                [j.as_of if j.as_of is not None else t for j, t in zip(jobs, offline, strict=True)]
+            )
+        logits = b.funnel.score_candidates(
+            b.ranking_context, users, items, sims, as_of, currents if currents.any() else None
+        )
+        return [logits[r, : len(c.items)] for r, c in enumerate(cands)]
+
+
+def _settle(future: Future, value: object = None, error: BaseException | None = None) -> None:
+    """Complete ``future`` unless it already is (a late result for a request that stopped waiting)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass
+
+
+class _Lane:
+    """A queue drained by ``threads`` threads, each taking everything waiting (up to ``max_batch``)."""
+
+    def __init__(self, name: str, handle: Callable[[list[Job]], None], threads: int, max_batch: int) -> None:
+        self._handle, self._max_batch = handle, max_batch
+        self._queue: deque[Job] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._run, name=f"recstack-{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def put(self, jobs: Sequence[Job]) -> None:
+        with self._ready:
+            self._queue.extend(jobs)
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                batch: list[Job] = []
+                while self._queue and len(batch) < self._max_batch:
+                    job = self._queue.popleft()
+                    if not job.abandoned:
+                        batch.append(job)
+                if self._queue:
+                    self._ready.notify()  # more waiting: wake another thread of this lane
+            if batch:
+                self._handle(batch)
+
+
+class StageLanes:
+    """Retrieval and ranking on their own threads, each batching the requests waiting for it.
+
+    A request submits a :class:`Job` and waits on ``job.retrieved`` then ``job.ranked`` for at most its
+    budgets; a hung ranker holds ranking threads only, so retrieval keeps serving (and requests fall back
+    to the retrieval order). A batch that fails is retried job by job, so one bad request fails alone.
+    """
+
+    def __init__(self, stages: Stages, threads: int, max_batch: int) -> None:
+        self.stages = stages
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent retrieval batch sizes
+        self._metrics = metrics()
+        self._retrieval = _Lane("retrieval", self._retrieve, threads, max_batch)
+        self._ranking = _Lane("ranking", self._rank, threads, max_batch)
+
+    def submit(self, job: Job) -> Job:
+        self._retrieval.put([job])
+        return job
+
+    def close(self) -> None:
+        self._retrieval.close()
+        self._ranking.close()
+
+    def _retrieve(self, batch: list[Job]) -> None:
+        self.batch_sizes.append(len(batch))
+        self._metrics.batch_size.labels(stage="retrieval").observe(len(batch))
+        for jobs, result in self._isolated(batch, self.stages.retrieve):
+            if isinstance(result, BaseException):
+                for job in jobs:
+                    _settle(job.retrieved, error=result)
+                    _settle(job.ranked, error=result)  # nothing to rank: never leave a waiter hanging
+            else:
+                for job, value in zip(jobs, result, strict=True):
+                    _settle(job.retrieved, value)
+        # Every future of the batch is settled now, so exception() / result() below do not block.
+        to_rank = [j for j in batch if j.rank and not j.abandoned and j.retrieved.exception() is None]
+        for job in to_rank:
+            if not len(job.retrieved.result().items):
+                _settle(job.ranked, np.empty(0, np.float32))
+        to_rank = [j for j in to_rank if len(j.retrieved.result().items)]
+        if to_rank:
+            self._ranking.put(to_rank)
+
+    def _rank(self, batch: list[Job]) -> None:
+        self._metrics.batch_size.labels(stage="ranking").observe(len(batch))
+
+        def run(jobs: list[Job]) -> list[np.ndarray]:
+            return self.stages.rank(jobs, [j.retrieved.result() for j in jobs])
+
+        for jobs, result in self._isolated(batch, run):
+            if isinstance(result, BaseException):
+                for job in jobs:
+                    _settle(job.ranked, error=result)
+            else:
+                for job, value in zip(jobs, result, strict=True):
+                    _settle(job.ranked, value)
+
+    @staticmethod
+    def _isolated(batch: list[Job], fn: Callable[[list[Job]], list]) -> list[tuple[list[Job], object]]:
+        """``fn`` on the whole batch; if it raises, on each job alone, so only the failing ones fail."""
+        try:
+            return [(batch, fn(batch))]
+        except Exception as exc:  # noqa: BLE001 - handed to each request, which logs it and falls back
+            if len(batch) == 1:
+                return [(batch, exc)]
+            log.warning("a batch of %d failed (%s); retrying one by one", len(batch), exc)
+        out: list[tuple[list[Job], object]] = []
+        for job in batch:
+            try:
+                out.append(([job], fn([job])))
+            except Exception as exc:  # noqa: BLE001 - as above
+                out.append(([job], exc))
+        return out
+
+
+def wait(future: Future, budget_s: float) -> object:
+    """The future's result within ``budget_s``: TimeoutError when over, its exception if it failed."""
+    if budget_s <= 0:
+        raise TimeoutError("no time left in the request's budget")
+    return future.result(timeout=budget_s)

@@ -1,0 +1,95 @@
+"""Batched model stages: a job's result does not depend on its batch; lanes batch and isolate failures."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from recstack.serving.engine import Recommender
+from recstack.serving.schemas import RecommendRequest
+from recstack.serving.stages import Job, StageLanes, Stages
+
+
+def jobs_for(rec: Recommender, n: int = 12) -> list[Job]:
+    """Known users; every third one on a current item (the up_next blend), as the service builds them."""
+    b = rec.bundle
+    out = []
+    for r, uid in enumerate(b.tables.spec.user_id.values.head(n).to_list()):
+        user = b.user_index(str(uid))
+        seen = b.seen(user)
+        current = int(seen[0]) if r % 3 == 0 and len(seen) else 0
+        out.append(
+            Job(
+                user=user,
+                current=current,
+                drop=np.union1d(seen, [current]) if current else seen,
+                n=rec.config.n_candidates,
+                item_weight=0.5 if current else 0.0,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("retrieval", ["ann", "exact"])
+def test_a_batch_gives_each_job_what_it_gets_alone(recommender: Recommender, retrieval: str) -> None:
+    stages = Stages(recommender.bundle, recommender.config.model_copy(update={"retrieval": retrieval}))
+    jobs = jobs_for(recommender)
+    together = stages.retrieve(jobs)
+    alone = [stages.retrieve([j])[0] for j in jobs]
+    for t, a in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(t.items, a.items)
+        np.testing.assert_allclose(t.scores, a.scores, atol=1e-6)  # float32 GEMM rounding
+        np.testing.assert_array_equal(t.from_neighbours, a.from_neighbours)
+    assert any(c.from_neighbours.any() for c in together)  # the up_next blend was exercised
+    ranked = stages.rank(jobs, together)
+    for job, cands, logits in zip(jobs, together, ranked, strict=True):
+        single = stages.rank([job], [cands])[0]
+        assert logits.shape == (len(cands.items),)
+        np.testing.assert_allclose(logits, single, rtol=1e-5, atol=1e-5)
+
+
+def test_lanes_batch_concurrent_requests_without_changing_answers(recommender: Recommender) -> None:
+    users = [str(u) for u in recommender.bundle.tables.spec.user_id.values.head(64).to_list()]
+    requests = [RecommendRequest(user_id=u, k=10, seed=1) for u in users]
+    sequential = [[i.item_id for i in recommender.recommend(q).items] for q in requests]
+    recommender.cache = None  # every request runs the funnel
+    recommender.lanes.batch_sizes.clear()
+    with ThreadPoolExecutor(16) as pool:
+        concurrent = [[i.item_id for i in r.items] for r in pool.map(recommender.recommend, requests)]
+    assert concurrent == sequential
+    assert max(recommender.lanes.batch_sizes) > 1  # requests really shared batches
+
+
+def test_a_failing_job_fails_alone(recommender: Recommender) -> None:
+    stages = Stages(recommender.bundle, recommender.config)
+    jobs = jobs_for(recommender, 6)
+    bad = jobs[2].user
+    real = stages.retrieve
+    gate = threading.Event()
+
+    def retrieve(batch: list[Job]):
+        gate.wait(5)  # hold the first batch until all jobs are queued, so they share one
+        if any(j.user == bad for j in batch):
+            raise RuntimeError("corrupt row")
+        return real(batch)
+
+    stages.retrieve = retrieve  # type: ignore[method-assign]
+    lanes = StageLanes(stages, threads=1, max_batch=32)
+    try:
+        for j in jobs:
+            lanes.submit(j)
+        gate.set()
+        for j in jobs:
+            if j.user == bad:
+                with pytest.raises(RuntimeError, match="corrupt row"):
+                    j.retrieved.result(timeout=30)
+                with pytest.raises(RuntimeError, match="corrupt row"):
+                    j.ranked.result(timeout=30)
+            else:
+                assert len(j.retrieved.result(timeout=30).items) > 0
+                assert np.isfinite(j.ranked.result(timeout=30)).all()
+    finally:
+        lanes.close()
