@@ -243,7 +243,14 @@ class _Lane:
                 if self._queue:
                     self._ready.notify()  # more waiting: wake another thread of this lane
             if batch:
-                self._handle(batch)
+                try:
+                    self._handle(batch)
+                except Exception as exc:
+                    # Never let the lane thread die: every later request would time out.
+                    log.exception("stage lane failed on a batch of %d", len(batch))
+                    for job in batch:
+                        _settle(job.retrieved, error=exc)
+                        _settle(job.ranked, error=exc)
 
 
 class StageLanes:
