@@ -46,7 +46,7 @@ from recstack.serving.schemas import (
     SimilarRequest,
     SimilarResponse,
 )
-from recstack.serving.stages import Candidates, Job, StageLanes, Stages, wait
+from recstack.serving.stages import Candidates, Job, StageLanes, Stages, run_ranking, run_retrieval, wait
 from recstack.serving.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -211,39 +211,15 @@ class Recommender:
             self._check(req)
         t0 = time.perf_counter()
         plans = [self._plan(req, *self._assign(req), t0) for req in requests]
-        jobs = {i: job for i, p in enumerate(plans) if (job := self._job(p)) is not None}
-        order = list(jobs)
-        found: dict[int, Any] = {}
-        ranked: dict[int, np.ndarray | BaseException] = {}
-        if order:
-            try:
-                cands = self.stages.retrieve([jobs[i] for i in order])
-                found = dict(zip(order, cands, strict=True))
-            except Exception as exc:  # noqa: BLE001 - each request below records the fallback
-                found = dict.fromkeys(order, exc)
-            to_rank = [i for i in order if not isinstance(found[i], BaseException) and jobs[i].rank]
-            to_rank = [i for i in to_rank if len(found[i].items)]
+        jobs = [self._job(p) for p in plans]
+        batch = [j for j in jobs if j is not None]
+        if batch:
+            to_rank = run_retrieval(self.stages, batch)
             if to_rank:
-                try:
-                    logits = self.stages.rank([jobs[i] for i in to_rank], [found[i] for i in to_rank])
-                    ranked = dict(zip(to_rank, logits, strict=True))
-                except Exception as exc:  # noqa: BLE001 - as above
-                    ranked = dict.fromkeys(to_rank, exc)
-        out = []
-        for i, plan in enumerate(plans):
-            cands, scores = found.get(i), ranked.get(i)
-            if isinstance(cands, BaseException):
-                log.error("batch retrieval failed for user %s: %s", plan.req.user_id, cands)
-                plan.fallbacks.append("retrieval_error")
-                cands = None
-            elif cands is not None and plan.use_ranker and scores is None and not len(cands.items):
-                scores = np.empty(0, np.float32)
-            if isinstance(scores, BaseException):
-                log.error("batch ranking failed for user %s: %s", plan.req.user_id, scores)
-                plan.fallbacks.append("ranker_error")
-                scores = None
-            out.append(self._finish(plan, cands, scores))
-        return out
+                run_ranking(self.stages, to_rank)
+        return [
+            self._finish(p, *self._collect(p, j, budgets=False)) for p, j in zip(plans, jobs, strict=True)
+        ]
 
     def emergency(self, req: RecommendRequest) -> RecommendResponse:
         """Last resort after an unexpected error: global popular items the user has not seen, no policy."""
@@ -312,33 +288,42 @@ class Recommender:
 
     def _serve(self, plan: _Plan) -> RecommendResponse:
         """Online: the model stages on the lanes, each waited for at most its budget."""
-        cfg = self.config
         job = self._job(plan)
-        cands = scores = None
         if job is not None:
             self.lanes.submit(job)
-            start = time.perf_counter()
-            try:
-                cands = wait(job.retrieved, min(cfg.budgets.retrieval_ms / 1000, plan.deadline - start))
-            except TimeoutError:
-                job.abandoned = True
-                plan.fallbacks.append("retrieval_timeout")
-            except Exception:
-                log.exception("retrieval failed for user %s", plan.req.user_id)
-                plan.fallbacks.append("retrieval_error")
-            plan.timings["retrieval"] = self._observe("retrieval", start)
-            if cands is not None and job.rank:
-                start = time.perf_counter()
-                try:
-                    scores = wait(job.ranked, min(cfg.budgets.ranking_ms / 1000, plan.deadline - start))
-                except TimeoutError:
-                    job.abandoned = True
-                    plan.fallbacks.append("ranker_timeout")
-                except Exception:
-                    log.exception("ranking failed for user %s", plan.req.user_id)
-                    plan.fallbacks.append("ranker_error")
-                plan.timings["ranking"] = self._observe("ranking", start)
-        return self._finish(plan, cands, scores)
+        return self._finish(plan, *self._collect(plan, job))
+
+    def _collect(
+        self, plan: _Plan, job: Job | None, budgets: bool = True
+    ) -> tuple[Candidates | None, np.ndarray | None]:
+        """The job's candidates and ranker scores, each None when its stage failed or ran out of budget
+        (the reason goes to ``plan.fallbacks``). ``budgets=False``: wait as long as it takes (offline)."""
+        if job is None:
+            return None, None
+        b = self.config.budgets
+        cands = self._await(plan, job, job.retrieved, "retrieval", b.retrieval_ms if budgets else None)
+        scores = None
+        if cands is not None and job.rank:
+            scores = self._await(plan, job, job.ranked, "ranking", b.ranking_ms if budgets else None)
+        return cands, scores
+
+    def _await(self, plan: _Plan, job: Job, future: Any, stage: str, budget_ms: float | None) -> Any:
+        """``future``'s result within the stage's budget and the request's deadline, else None."""
+        reason = {"retrieval": "retrieval", "ranking": "ranker"}[stage]
+        start = time.perf_counter()
+        try:
+            if budget_ms is None:
+                return future.result()
+            return wait(future, min(budget_ms / 1000, plan.deadline - start))
+        except TimeoutError:
+            job.abandoned = True
+            plan.fallbacks.append(f"{reason}_timeout")
+        except Exception:
+            log.exception("%s failed for user %s", stage, plan.req.user_id)
+            plan.fallbacks.append(f"{reason}_error")
+        finally:
+            plan.timings[stage] = self._observe(stage, start)
+        return None
 
     def _finish(self, plan: _Plan, cands: Candidates | None, scores: np.ndarray | None) -> RecommendResponse:
         """From the model stages' results (None = the stage did not deliver; the reason is already in

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recstack.ranking.scorer import append_items
+from recstack.ranking.scorer import append_items, request_times
 from recstack.retrieval.index import search
 from recstack.serving.bundle import Bundle
 from recstack.serving.config import ServingConfig
@@ -182,7 +182,7 @@ class Stages:
         currents = np.array([j.current for j in jobs], dtype=np.int64)
         as_of = None
         if any(j.as_of is not None for j in jobs):
-            offline = b.ranking_context.sequences.last_time(users)
+            offline = request_times(b.ranking_context, users)
             as_of = np.array(
                 [j.as_of if j.as_of is not None else t for j, t in zip(jobs, offline, strict=True)]
             )
@@ -253,6 +253,60 @@ class _Lane:
                         _settle(job.ranked, error=exc)
 
 
+def run_retrieval(stages: Stages, batch: list[Job]) -> list[Job]:
+    """Retrieve ``batch`` and settle each ``job.retrieved``; returns the jobs that go on to ranking.
+
+    Jobs with nothing to rank get their ``ranked`` settled too (an empty list, or the retrieval error), so
+    no waiter is left hanging.
+    """
+    for jobs, result in _isolated(batch, stages.retrieve):
+        if isinstance(result, BaseException):
+            for job in jobs:
+                _settle(job.retrieved, error=result)
+                _settle(job.ranked, error=result)
+        else:
+            for job, value in zip(jobs, result, strict=True):
+                _settle(job.retrieved, value)
+    # Every future of the batch is settled now, so exception() / result() below do not block.
+    to_rank = [j for j in batch if j.rank and not j.abandoned and j.retrieved.exception() is None]
+    for job in to_rank:
+        if not len(job.retrieved.result().items):
+            _settle(job.ranked, np.empty(0, np.float32))
+    return [j for j in to_rank if len(j.retrieved.result().items)]
+
+
+def run_ranking(stages: Stages, batch: list[Job]) -> None:
+    """Rank the retrieved candidates of ``batch`` and settle each ``job.ranked``."""
+
+    def rank(jobs: list[Job]) -> list[np.ndarray]:
+        return stages.rank(jobs, [j.retrieved.result() for j in jobs])
+
+    for jobs, result in _isolated(batch, rank):
+        if isinstance(result, BaseException):
+            for job in jobs:
+                _settle(job.ranked, error=result)
+        else:
+            for job, value in zip(jobs, result, strict=True):
+                _settle(job.ranked, value)
+
+
+def _isolated(batch: list[Job], fn: Callable[[list[Job]], list]) -> list[tuple[list[Job], object]]:
+    """``fn`` on the whole batch; if it raises, on each job alone, so only the failing ones fail."""
+    try:
+        return [(batch, fn(batch))]
+    except Exception as exc:  # noqa: BLE001 - handed to each request, which logs it and falls back
+        if len(batch) == 1:
+            return [(batch, exc)]
+        log.warning("a batch of %d failed (%s); retrying one by one", len(batch), exc)
+    out: list[tuple[list[Job], object]] = []
+    for job in batch:
+        try:
+            out.append(([job], fn([job])))
+        except Exception as exc:  # noqa: BLE001 - as above
+            out.append(([job], exc))
+    return out
+
+
 class StageLanes:
     """Retrieval and ranking on their own threads, each batching the requests waiting for it.
 
@@ -279,53 +333,13 @@ class StageLanes:
     def _retrieve(self, batch: list[Job]) -> None:
         self.batch_sizes.append(len(batch))
         self._metrics.batch_size.labels(stage="retrieval").observe(len(batch))
-        for jobs, result in self._isolated(batch, self.stages.retrieve):
-            if isinstance(result, BaseException):
-                for job in jobs:
-                    _settle(job.retrieved, error=result)
-                    _settle(job.ranked, error=result)  # nothing to rank: never leave a waiter hanging
-            else:
-                for job, value in zip(jobs, result, strict=True):
-                    _settle(job.retrieved, value)
-        # Every future of the batch is settled now, so exception() / result() below do not block.
-        to_rank = [j for j in batch if j.rank and not j.abandoned and j.retrieved.exception() is None]
-        for job in to_rank:
-            if not len(job.retrieved.result().items):
-                _settle(job.ranked, np.empty(0, np.float32))
-        to_rank = [j for j in to_rank if len(j.retrieved.result().items)]
+        to_rank = run_retrieval(self.stages, batch)
         if to_rank:
             self._ranking.put(to_rank)
 
     def _rank(self, batch: list[Job]) -> None:
         self._metrics.batch_size.labels(stage="ranking").observe(len(batch))
-
-        def run(jobs: list[Job]) -> list[np.ndarray]:
-            return self.stages.rank(jobs, [j.retrieved.result() for j in jobs])
-
-        for jobs, result in self._isolated(batch, run):
-            if isinstance(result, BaseException):
-                for job in jobs:
-                    _settle(job.ranked, error=result)
-            else:
-                for job, value in zip(jobs, result, strict=True):
-                    _settle(job.ranked, value)
-
-    @staticmethod
-    def _isolated(batch: list[Job], fn: Callable[[list[Job]], list]) -> list[tuple[list[Job], object]]:
-        """``fn`` on the whole batch; if it raises, on each job alone, so only the failing ones fail."""
-        try:
-            return [(batch, fn(batch))]
-        except Exception as exc:  # noqa: BLE001 - handed to each request, which logs it and falls back
-            if len(batch) == 1:
-                return [(batch, exc)]
-            log.warning("a batch of %d failed (%s); retrying one by one", len(batch), exc)
-        out: list[tuple[list[Job], object]] = []
-        for job in batch:
-            try:
-                out.append(([job], fn([job])))
-            except Exception as exc:  # noqa: BLE001 - as above
-                out.append(([job], exc))
-        return out
+        run_ranking(self.stages, batch)
 
 
 def wait(future: Future, budget_s: float) -> object:
