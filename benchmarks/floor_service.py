@@ -17,5 +17,7 @@ ITEMS = [str(i) for i in range(1, 11)]
 @bentoml.service(name="floor", **service_settings())
 class Floor:
     @bentoml.api(route="/recommend")
-    def recommend(self, user_id: str, k: int = 10) -> dict:
+    async def recommend(self, user_id: str, k: int = 10) -> dict:
+        # A coroutine like recstack's endpoint, and the cheaper of BentoML's two paths (a thread-pool
+        # endpoint measured ~5-10 % fewer requests/s here), so the floor is the stricter one.
         return {"user_id": user_id, "items": [{"item_id": i} for i in ITEMS[:k]]}

@@ -74,10 +74,13 @@ class Recstack:
         )
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **fields: Any) -> RecommendResponse:
+    async def recommend(self, **fields: Any) -> RecommendResponse:
+        # A coroutine, not a thread-pool endpoint: the model stages run on the engine's lanes, so a
+        # request only awaits them (planning and the policy are short enough for the event loop), and
+        # no thread per waiting request competes for the GIL (~1 ms of CPU per request at concurrency 8).
         request = RecommendRequest.model_construct(**fields)
         try:
-            return _json(self.engine.recommend(request))
+            return _json(await self.engine.recommend_async(request))
         except RequestError as exc:
             return _refused("recommend", exc, self.engine)
         except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -152,6 +153,61 @@ def test_slow_ranker_is_cut_at_its_budget(recommender: Recommender, monkeypatch)
     elapsed = time.perf_counter() - start
     assert resp.served_by == "retrieval" and resp.fallbacks == ["ranker_timeout"] and len(resp.items) == 10
     assert elapsed < 0.6  # the 80 ms ranking budget, not the ranker's second
+
+
+def test_async_requests_answer_as_blocking_ones(loaded_bundle, tmp_path: Path, monkeypatch) -> None:
+    """The service's coroutine path: concurrent requests get the blocking path's lists, a cached answer,
+    and a hung ranker is cut at its budget without holding the event loop."""
+    rec = Recommender(loaded_bundle, log_dir=tmp_path)
+    try:
+        reqs = [RecommendRequest(user_id=u, k=10, explain=True) for u in known_users(rec, 24)]
+        blocking = [rec.recommend(r) for r in reqs]
+
+        async def concurrently() -> list:
+            return await asyncio.gather(*(rec.recommend_async(r) for r in reqs))
+
+        rec.cache.clear()
+        fresh = asyncio.run(concurrently())
+        assert [[i.item_id for i in r.items] for r in fresh] == [
+            [i.item_id for i in r.items] for r in blocking
+        ]
+        assert all(not r.cached and r.served_by == "funnel" for r in fresh)
+        assert all(r.cached for r in asyncio.run(concurrently()))
+        assert len(list(read_events(tmp_path / RESPONSES_LOG))) == 3 * len(reqs)
+
+        real = rec.bundle.funnel.score_candidates
+
+        def slow(*args, **kwargs):
+            time.sleep(1.0)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(rec.bundle.funnel, "score_candidates", slow)
+        rec.cache.clear()
+
+        async def with_a_ticker() -> tuple:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.005)
+
+            ticker = asyncio.create_task(tick())
+            start = time.perf_counter()
+            resp = await rec.recommend_async(reqs[0])
+            elapsed = time.perf_counter() - start
+            ticker.cancel()
+            return resp, elapsed, ticks
+
+        resp, elapsed, ticks = asyncio.run(with_a_ticker())
+        assert (
+            resp.served_by == "retrieval" and resp.fallbacks == ["ranker_timeout"] and len(resp.items) == 10
+        )
+        assert elapsed < 0.6  # the 80 ms ranking budget, not the ranker's second
+        assert ticks >= 5  # the loop kept running other tasks while the request waited
+    finally:
+        rec.close()
 
 
 def test_missing_or_failing_index_serves_popular(loaded_bundle, tmp_path: Path, monkeypatch) -> None:

@@ -14,8 +14,10 @@ the last bit, ~1e-7, which could only swap two candidates whose scores tie to th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -223,10 +225,15 @@ class _Lane:
             self._queue.extend(jobs)
             self._ready.notify()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float) -> None:
+        """Stop taking work; wait up to ``timeout_s`` for a batch in flight (a thread still computing at
+        interpreter exit can abort the process inside torch)."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0))
 
     def _run(self) -> None:
         while True:
@@ -326,9 +333,9 @@ class StageLanes:
         self._retrieval.put([job])
         return job
 
-    def close(self) -> None:
-        self._retrieval.close()
-        self._ranking.close()
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._retrieval.close(timeout_s)
+        self._ranking.close(timeout_s)
 
     def _retrieve(self, batch: list[Job]) -> None:
         self.batch_sizes.append(len(batch))
@@ -342,8 +349,30 @@ class StageLanes:
         run_ranking(self.stages, batch)
 
 
-def wait(future: Future, budget_s: float) -> object:
-    """The future's result within ``budget_s``: TimeoutError when over, its exception if it failed."""
+def wait(future: Future, budget_s: float | None) -> object:
+    """The future's result within ``budget_s`` (None: however long it takes): TimeoutError when over,
+    its exception if it failed."""
+    if budget_s is None:
+        return future.result()
+    if budget_s <= 0 and not future.done():
+        raise TimeoutError("no time left in the request's budget")
+    return future.result(timeout=max(budget_s, 0))
+
+
+async def wait_async(future: Future, budget_s: float) -> object:
+    """:func:`wait` for an event loop: awaits the lane's future without holding a thread.
+
+    The future is never cancelled on a timeout (a lane may be computing it; the job is marked abandoned
+    instead), so lanes only ever see futures that they settle themselves.
+    """
+    if future.done():
+        return future.result()
     if budget_s <= 0:
         raise TimeoutError("no time left in the request's budget")
-    return future.result(timeout=budget_s)
+    waiter = asyncio.wrap_future(future)
+    done, _ = await asyncio.wait({waiter}, timeout=budget_s)
+    if not done:
+        # A late failure is nobody's to handle any more: retrieve it so asyncio does not report it.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise TimeoutError(f"no result within {budget_s * 1000:.0f} ms")
+    return waiter.result()
