@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from recstack.data.io import INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE, read_canonical
@@ -261,12 +262,21 @@ def _metrics(indexed: pl.DataFrame, spec: FeatureSpec, items: pl.DataFrame) -> d
     }
 
 
-def popularity_curve(items: pl.DataFrame) -> pl.DataFrame:
-    """Item rank (1 = most popular) vs fit interactions: the long-tail plot `dvc plots` shows."""
+def popularity_curve(items: pl.DataFrame, max_points: int = 2000) -> pl.DataFrame:
+    """Item rank (1 = most popular) vs fit interactions: the long-tail plot `dvc plots` shows.
+
+    Catalogs with more interacted items than ``max_points`` keep log-spaced ranks (first and last
+    included): the curve is drawn on log axes, and a chart of a million rows is refused by Altair and
+    unreadable in ``dvc plots``.
+    """
     counts = items.select(pl.col(pop_column(None)).alias("interactions")).sort(
         "interactions", descending=True
     )
-    return counts.with_row_index("rank", offset=1).filter(pl.col("interactions") > 0)
+    curve = counts.with_row_index("rank", offset=1).filter(pl.col("interactions") > 0)
+    if curve.height <= max_points:
+        return curve
+    ranks = np.unique(np.geomspace(1, curve.height, max_points).round().astype(np.int64))
+    return curve.filter(pl.col("rank").is_in(ranks.tolist()))
 
 
 def weekly_volume(interactions: pl.DataFrame) -> pl.DataFrame:

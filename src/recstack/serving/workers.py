@@ -1,8 +1,8 @@
 """Process settings shared by recstack's BentoML service and the benchmark's floor service.
 
 Both read the same environment, so a benchmark compares the two under identical worker settings:
-``RECSTACK_WORKERS`` (worker processes, default one per core) and ``RECSTACK_THREADS`` (requests one worker
-handles at once, default 8: concurrent requests are what the stage lanes batch).
+``RECSTACK_WORKERS`` (worker processes, default one per core) and ``RECSTACK_THREADS`` (threads of one
+worker for blocking endpoints, default 8; ``/recommend`` is a coroutine and needs none).
 """
 
 from __future__ import annotations
