@@ -174,3 +174,20 @@ def test_evaluate_reports_every_system_with_p1_metrics(
     json.dumps(result.metrics)  # serializable as written to metrics/evaluate.json
     with pytest.raises(ValueError, match="unknown baselines"):
         evaluate(small_features, None, None, baselines=("ials",))
+
+
+def test_ranker_can_train_on_a_sample_of_users(
+    small_features: Path, trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """``max_users`` bounds the pairs' memory: a seeded sample of users, the same one every run."""
+    from recstack.training.train_ranking import train_ranking
+
+    kw = {"n_candidates": 30, "max_epochs": 1, "embedding_dim": 8}
+    every = train_ranking(small_features, trained["retrieval"], tmp_path / "all", **kw)
+    runs = [
+        train_ranking(small_features, trained["retrieval"], tmp_path / str(i), max_users=40, **kw)
+        for i in (0, 1)
+    ]
+    assert runs[0].card.training["settings"]["max_users"] == 40
+    assert runs[0].metrics["train_pairs"] < every.metrics["train_pairs"]
+    assert runs[0].card.version == runs[1].card.version  # same sample, same model

@@ -65,8 +65,11 @@ def build_pairs(
     n_random: int,
     seed: int,
     batch_size: int = 256,
+    max_users: int | None = None,
 ) -> RankingPairs:
-    """Training / validation pairs for every user with target interactions.
+    """Training / validation pairs for every user with target interactions (or a seeded sample of
+    ``max_users`` of them: pairs take ``users x (N + negatives) x features`` floats in memory, ~10 GB for
+    a million users).
 
     Args:
         retriever: the retrieval model that saw only the observed data of ``ctx``.
@@ -78,6 +81,8 @@ def build_pairs(
     rng = np.random.default_rng(seed)
     exclude = ctx.sequences.matrix(target.shape[1])
     users = np.flatnonzero(np.diff(target.indptr) > 0)
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng([seed, max_users]).choice(users, max_users, replace=False))
     n_items = ctx.tables.items.n_items
     lists, label_rows, dense_rows, last_rows = [], [], [], []
     length = retriever.config.history_length

@@ -57,6 +57,7 @@ def train_ranking(
     max_epochs: int = 20,
     patience: int = 3,
     holdout_users: float = 0.1,
+    max_users: int | None = None,
     seed: int = 42,
 ) -> TrainRankingResult:
     """Build candidate pairs, train the ranker with early stopping, save ``out_dir/model``.
@@ -70,6 +71,8 @@ def train_ranking(
         embedding_dim / dense_arch / over_arch / dcn_layers: architecture (:class:`RankerConfig`).
         batch_size / lr / weight_decay / max_epochs / patience: training.
         holdout_users: share of users held out for early stopping.
+        max_users: train on pairs of at most this many users (a seeded sample); None = every user with
+            valid-period interactions.
         seed: seeds weights, sampling and batch order.
     """
     out = Path(out_dir)
@@ -83,7 +86,13 @@ def train_ranking(
     target = interaction_matrix(interactions.filter(pl.col(SPLIT) == VALID), n_users, n_items)
     start = time.perf_counter()
     pairs = build_pairs(
-        retriever, ctx, target, n_candidates=n_candidates, n_random=n_random_negatives, seed=seed
+        retriever,
+        ctx,
+        target,
+        n_candidates=n_candidates,
+        n_random=n_random_negatives,
+        seed=seed,
+        max_users=max_users,
     )
     pairs_seconds = time.perf_counter() - start
 
@@ -137,6 +146,7 @@ def train_ranking(
         "max_epochs": max_epochs,
         "patience": patience,
         "holdout_users": holdout_users,
+        "max_users": max_users,
         "seed": seed,
     }
     card = save_artifact(
