@@ -5,7 +5,7 @@
 #   python benchmarks/serving_load.py <work dir> --concurrency 8
 # e.g. the 1M-user batch top-N: benchmarks/large_catalog_pipeline.sh 20000 1000000 6000000 /tmp/u1m batch_topn
 # Defaults: 1M items, 30k users, 1.5M interactions. Training is cut to what a serving benchmark needs
-# (one epoch, no refit, the ranker on 20k sampled users): the figures measure serving cost at this catalog size, not model quality, and the
+# (one epoch, no refit, the ranker on 2000 sampled users: its pairs rank each candidate among all items): the figures measure serving cost at this catalog size, not model quality, and the
 # evaluate stage (EASE's item x item matrix does not fit at 1M items) is not run. The index is IVF-flat
 # with the nlist / nprobe that benchmarks/index_sweep.py picked at this size (build_index reports its
 # recall against exact search in metrics/build_index.json). Large batches keep the dense optimizer's
@@ -30,7 +30,7 @@ p = yaml.safe_load(open("params.yaml"))
 p["data"] = {"source": "synthetic", "path": sys.argv[1], "options": {}}
 p["ingest"]["as_of"] = "2026-01-01"
 p["train_retrieval"].update(max_epochs=1, refit=False, batch_size=4096)
-p["train_ranking"].update(max_epochs=1, batch_size=8192, max_users=20000)
+p["train_ranking"].update(max_epochs=1, batch_size=8192, max_users=2000)
 p["build_index"].update(kind="ivf_flat", nlist=4096, nprobe=32, max_queries=500)
 p["package"]["smoke_users"] = 50
 open("params.yaml", "w").write(yaml.safe_dump(p, sort_keys=False))
