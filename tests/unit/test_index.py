@@ -57,3 +57,22 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(search(loaded, q, 5)[0], search(index, q, 5)[0])
     with pytest.raises(FileNotFoundError, match="run the build_index stage"):
         load_index(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "ivf_pq"])
+def test_search_skips_excluded_items_inside_the_index(kind: str) -> None:
+    """Excluded items (a user's seen ones) never come back, and k eligible items do: no over-fetching."""
+    v = _vectors()
+    index = make_index(v, "cosine", IndexConfig(kind=kind, nlist=16, nprobe=16, pq_m=4))
+    q = v[[5, 9]] + 0.01
+    exclude = np.arange(1, 400)  # two thirds of the catalog
+    ids, _ = search(index, q, 50, exclude=exclude)
+    assert ids.shape == (2, 50) and (ids > 0).all()
+    assert not np.isin(ids, exclude).any()
+    # Against exact search over the eligible items only.
+    scores = q @ v.T
+    scores[:, 0] = -np.inf
+    scores[:, exclude] = -np.inf
+    truth = np.argsort(-scores, axis=1)[:, :50]
+    recall = np.mean([len(np.intersect1d(a, t)) / 50 for a, t in zip(ids, truth, strict=True)])
+    assert recall >= {"flat": 1.0, "ivf_pq": 0.5}.get(kind, 0.9)  # PQ: compressed vectors

@@ -113,10 +113,44 @@ def make_index(item_vectors: np.ndarray, similarity: str, config: IndexConfig | 
     return index
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` item indices ``(B, k)`` (-1 where fewer exist) and similarities ``(B, k)``."""
-    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+# HNSW explores at least this many nodes per result wanted. FAISS's own floor is efSearch = k, which
+# on ML-100K found 97.3 % of the exact top-200 (after excluding seen items); 2k found 99.9 % for 2.3x the
+# search time (0.13 -> 0.29 ms per query).
+EF_PER_RESULT = 2
+
+
+def search(
+    index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item indices ``(B, k)`` (-1 where fewer exist) and similarities ``(B, k)``.
+
+    Args:
+        exclude: item indices never to return (a user's seen items), skipped inside the search, so the
+            ``k`` results are all eligible; the same set for every query of the call.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    params = _search_params(index, k, exclude)
+    scores, ids = index.search(q, k) if params is None else index.search(q, k, params=params)
     return ids.astype(np.int64), scores
+
+
+def _search_params(index: faiss.Index, k: int, exclude: np.ndarray | None) -> faiss.SearchParameters | None:
+    """The search breadth for ``k`` results and the exclusion selector, for the index's kind."""
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(base, faiss.IndexHNSW):
+        params: faiss.SearchParameters = faiss.SearchParametersHNSW()
+        params.efSearch = max(base.hnsw.efSearch, EF_PER_RESULT * k)
+    elif isinstance(base, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = base.nprobe
+    elif exclude is not None and len(exclude):
+        params = faiss.SearchParameters()
+    else:
+        return None
+    if exclude is not None and len(exclude):
+        # The IDMap wrapper translates the selector to the base index's own ids.
+        params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64)))
+    return params
 
 
 @dataclass

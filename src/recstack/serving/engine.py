@@ -12,7 +12,7 @@ the response says which path served it and why:
   (e.g. region), then global popular.
 
 Retrieval and ranking run on :class:`~recstack.serving.stages.StageLanes`, which batch the requests
-waiting for them (one query-tower forward, one FAISS search, one DLRM forward per batch). Every path ends
+waiting for them (one query-tower forward and one DLRM forward per batch). Every path ends
 in the same policy re-ranker, so filters and business rules hold whatever served.
 """
 

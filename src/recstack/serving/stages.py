@@ -1,14 +1,14 @@
 """The funnel's model stages, batched: retrieval (query tower + FAISS) and ranking (DLRM).
 
 One request or many go through the same code: :class:`Stages` computes a *batch* of jobs with one query
-tower forward, one FAISS search per over-fetch size and one DLRM forward; a single request is a batch of
+tower forward, one FAISS search per request (each excluding its own seen items) and one DLRM forward; a
+single request is a batch of
 one. :class:`StageLanes` runs the two stages on their own threads for the online service and batches
 whatever requests are waiting when a lane becomes free ("natural" batching: under load a batch forms while
 the previous one computes; an idle service adds no wait). The batch stage calls :class:`Stages` directly.
 
 A job's result does not depend on which other jobs share its batch: every row of the query tower, the
-search and the ranker is computed independently, and the over-fetch size is rounded to a fixed step so a
-user's search is the same alone or in company. (Batched float32 matrix products can round differently in
+search and the ranker is computed independently. (Batched float32 matrix products can round differently in
 the last bit, ~1e-7, which could only swap two candidates whose scores tie to that precision.)
 """
 
@@ -35,10 +35,6 @@ from recstack.serving.config import ServingConfig
 from recstack.serving.telemetry import metrics
 
 log = logging.getLogger(__name__)
-
-# Over-fetch sizes are rounded up to a multiple of this, so jobs share a FAISS call and a user's search
-# (whose HNSW breadth grows with k) does not depend on the batch it happens to be in.
-FETCH_STEP = 128
 
 
 @dataclass
@@ -76,10 +72,6 @@ class Job:
     abandoned: bool = False  # the request stopped waiting: skip what is left
 
 
-def _round_up(x: int, step: int) -> int:
-    return -(-x // step) * step
-
-
 class Stages:
     """Batched retrieval and ranking over a loaded :class:`Bundle`."""
 
@@ -104,8 +96,8 @@ class Stages:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top ``ns[b]`` items for each query ``(B, D)`` without ``drops[b]``: ``(items, scores)`` per row.
 
-        ANN over-fetches by the number of dropped items so each list is still ``n`` long after removing
-        them; exact search scores the whole catalog with the drops masked.
+        ANN skips the drops inside FAISS (so each list is ``n`` long when the catalog allows); exact search
+        scores the whole catalog with the drops masked.
         """
         b = self.bundle
         if self.config.retrieval == "exact":
@@ -124,16 +116,14 @@ class Stages:
         # ~200x slower here (8 ms against 0.04 ms) and starves concurrent requests: the service and the
         # batch stage already run side by side. Set in whichever thread searches (lanes, /similar, batch).
         faiss.omp_set_num_threads(1)
-        wants = [
-            min(_round_up(n + len(d) + 1, FETCH_STEP), b.index.ntotal) for n, d in zip(ns, drops, strict=True)
-        ]
-        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(ns)  # type: ignore[list-item]
-        for want in sorted(set(wants)):
-            rows = [r for r, w in enumerate(wants) if w == want]
-            ids, sims = search(b.index, queries[rows], want)
-            for r, i, s in zip(rows, ids, sims, strict=True):
-                keep = (i > 0) & ~np.isin(i, drops[r])
-                out[r] = (i[keep][: ns[r]], s[keep][: ns[r]])
+        out = []
+        # One search per query: each excludes its own items inside FAISS (a selector), so it asks for
+        # exactly n results instead of over-fetching n + |seen| (which, at ~900 of 1682 ML-100K items,
+        # found only 89 % of the exact top-200) and does not depend on the batch it is in.
+        for row, n, drop in zip(queries, ns, drops, strict=True):
+            ids, sims = search(b.index, row[None, :], min(n, b.index.ntotal), exclude=drop)
+            keep = ids[0] > 0
+            out.append((ids[0][keep], sims[0][keep]))
         return out
 
     def retrieve(self, jobs: Sequence[Job]) -> list[Candidates]:
