@@ -57,11 +57,16 @@ class Ragged:
 
 def gather_ranges(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenate ``values[s:s + n]`` for each (s, n) without a Python loop."""
+    return values[range_positions(starts, lengths)]
+
+
+def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``s, s + 1, ..., s + n - 1`` of each (s, n), concatenated: ``(sum lengths,)``."""
     total = int(lengths.sum())
     if total == 0:
-        return np.empty(0, dtype=values.dtype)
+        return np.empty(0, dtype=np.int64)
     row_start = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return values[row_start + np.arange(total)]
+    return row_start + np.arange(total)
 
 
 @dataclass

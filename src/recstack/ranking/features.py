@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from recstack.models.inputs import Bag, FeatureTables, Sequences, gather_ranges, single
+from recstack.models.inputs import Bag, FeatureTables, Sequences, range_positions, single
 
 DAY_US = 86_400_000_000
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
@@ -140,7 +140,7 @@ def _category_entries(cats: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarra
     starts = cats.indptr[items]
     lengths = cats.indptr[items + 1] - starts
     rows = np.repeat(np.arange(len(items)), lengths)
-    at = gather_ranges(np.arange(len(cats.indices)), starts, lengths)
+    at = range_positions(starts, lengths)
     return rows, cats.indices[at], cats.data[at]
 
 
