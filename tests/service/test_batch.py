@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -33,6 +34,13 @@ def test_batch_lists_equal_the_service_and_resume(
 
     shorter = batch_topn(bundle_dir, out, BatchSettings(k=5, chunk_users=16, processes=1), user_ids=users)
     assert shorter["resumed_parts"] == 0 and shorter["rows"] == 200  # other settings: start over
+
+    # Another bundle (here: other serving settings) with the same settings: start over, never mix.
+    other = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, other)
+    (other / "serving.yaml").write_text((other / "serving.yaml").read_text() + "\n# edited\n")
+    rerun = batch_topn(other, out, BatchSettings(k=5, chunk_users=16, processes=1), user_ids=users)
+    assert rerun["resumed_parts"] == 0 and rerun["computed_users"] == 40
 
 
 def test_batch_in_worker_processes(bundle_dir: Path, tmp_path: Path) -> None:

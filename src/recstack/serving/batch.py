@@ -16,6 +16,7 @@ settings starts over. Output, in ``out_dir``:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -112,6 +113,19 @@ def _run_chunk(part: Path, user_ids: list[str], settings: BatchSettings) -> dict
     }
 
 
+def bundle_fingerprint(bundle_dir: Path) -> str:
+    """What a bundle answers with: its card (models, index, data), serving settings and policy, hashed.
+
+    A resumed run must come from the same bundle: parts from two bundles would mix two answers.
+    """
+    digest = hashlib.sha256()
+    for name in ("bundle.json", "serving.yaml", "policy.yaml"):
+        path = bundle_dir / name
+        if path.exists():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def batch_topn(
     bundle_dir: Path, out_dir: Path, settings: BatchSettings, user_ids: list[str] | None = None
 ) -> dict[str, Any]:
@@ -123,12 +137,11 @@ def batch_topn(
     from recstack.features.spec import FeatureSpec
 
     bundle_dir, out_dir = Path(bundle_dir), Path(out_dir)
-    card = json.loads((bundle_dir / "bundle.json").read_text())
     if user_ids is None:
         user_ids = [str(u) for u in FeatureSpec.load(bundle_dir / "features").user_id.values.to_list()]
     chunks = [user_ids[s : s + settings.chunk_users] for s in range(0, len(user_ids), settings.chunk_users)]
     identity = {
-        "bundle_version": card.get("version"),
+        "bundle": bundle_fingerprint(bundle_dir),
         "settings": asdict(settings) | {"processes": None},  # the worker count does not change the lists
         "users": len(user_ids),
         "first_user": user_ids[0] if user_ids else None,
