@@ -4,7 +4,8 @@ index settings over one project's trained item embeddings.
     python benchmarks/index_sweep.py [PROJECT_DIR] [--k 100] [--queries 500]
 
 PROJECT_DIR is a project whose ``train_retrieval`` stage has run (default: this one;
-``large_catalog_pipeline.sh`` leaves a 1M-item one). Each setting is built with the same
+``large_catalog_pipeline.sh`` leaves a 1M-item one), with the ``build_index`` stage's queries (the first
+users). Each setting is built with the same
 ``make_index`` / ``measure`` as the ``build_index`` stage; the table shows build time, recall and the p50 /
 p95 of one query on one thread (how the service searches). Copy the chosen row into ``params.yaml:
 build_index``.
@@ -17,15 +18,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import polars as pl
-
-from recstack.data.io import INTERACTIONS_FILE
-from recstack.data.split import FIT_SPLITS, SPLIT
-from recstack.models.inputs import FeatureTables, Sequences
+from recstack.retrieval.build_index import retriever_and_queries
 from recstack.retrieval.index import IndexConfig, make_index, measure
-from recstack.retrieval.two_tower import TwoTowerRetriever
-from recstack.training.train_retrieval import MODEL_DIR
 
 HERE = Path(__file__).resolve().parent
 # Each entry: the settings that differ from IndexConfig's defaults.
@@ -47,16 +41,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--only", nargs="*", type=int, help="indices into SETTINGS to run (default: all)")
     args = ap.parse_args()
-    project = Path(args.project)
-    features = project / "artifacts" / "features"
-    tables = FeatureTables.load(features)
-    retriever = TwoTowerRetriever.load(project / "artifacts" / "train_retrieval" / MODEL_DIR, tables)
-    interactions = pl.read_parquet(features / INTERACTIONS_FILE)
-    n_users = tables.spec.user_id.size
-    seq = Sequences.from_interactions(interactions.filter(pl.col(SPLIT).is_in(FIT_SPLITS)), n_users)
-    rng = np.random.default_rng(0)
-    users = np.sort(rng.choice(np.arange(1, n_users + 1), size=min(args.queries, n_users), replace=False))
-    queries = retriever.user_vectors(seq, users)
+    project = Path(args.project) / "artifacts"
+    retriever, queries = retriever_and_queries(
+        project / "features", project / "train_retrieval", args.queries
+    )
     similarity = retriever.card.similarity or "cosine"
     print(f"{retriever.item_vectors.shape[0] - 1} items, {len(queries)} queries, recall@{args.k}")
     print(f"{'setting':58s} {'build s':>8s} {'recall':>7s} {'p50 ms':>7s} {'p95 ms':>7s}")

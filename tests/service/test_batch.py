@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from recstack.serving.batch import BatchSettings, batch_topn
 from recstack.serving.engine import Recommender
@@ -38,7 +39,9 @@ def test_batch_lists_equal_the_service_and_resume(
     # Another bundle (here: other serving settings) with the same settings: start over, never mix.
     other = tmp_path / "bundle"
     shutil.copytree(bundle_dir, other)
-    (other / "serving.yaml").write_text((other / "serving.yaml").read_text() + "\n# edited\n")
+    serving = yaml.safe_load((other / "serving.yaml").read_text())
+    serving["n_neighbours"] += 1
+    (other / "serving.yaml").write_text(yaml.safe_dump(serving))
     rerun = batch_topn(other, out, BatchSettings(k=5, chunk_users=16, processes=1), user_ids=users)
     assert rerun["resumed_parts"] == 0 and rerun["computed_users"] == 40
 

@@ -30,6 +30,20 @@ class BuildIndexResult:
     metrics: dict[str, Any]  # recall (deterministic) and latency (varies run to run)
 
 
+def retriever_and_queries(
+    features_dir: str | Path, retrieval_dir: str | Path, max_queries: int
+) -> tuple[TwoTowerRetriever, np.ndarray]:
+    """The trained retriever and the measurement queries ``(Q, D)``: the first ``max_queries`` users'
+    query embeddings after their fit-period history."""
+    tables = FeatureTables.load(features_dir)
+    retriever = TwoTowerRetriever.load(Path(retrieval_dir) / MODEL_DIR, tables)
+    interactions = pl.read_parquet(Path(features_dir) / INTERACTIONS_FILE)
+    n_users = tables.spec.user_id.size
+    seq = Sequences.from_interactions(interactions.filter(pl.col(SPLIT).is_in(FIT_SPLITS)), n_users)
+    users = np.arange(1, min(n_users, max_queries) + 1)
+    return retriever, retriever.user_vectors(seq, users)
+
+
 def build_index(
     features_dir: str | Path,
     retrieval_dir: str | Path,
@@ -49,13 +63,7 @@ def build_index(
         max_queries: users whose query embeddings are the measurement queries (the first ones by index).
     """
     cfg = config or IndexConfig()
-    tables = FeatureTables.load(features_dir)
-    retriever = TwoTowerRetriever.load(Path(retrieval_dir) / MODEL_DIR, tables)
-    interactions = pl.read_parquet(Path(features_dir) / INTERACTIONS_FILE)
-    n_users = tables.spec.user_id.size
-    seq = Sequences.from_interactions(interactions.filter(pl.col(SPLIT).is_in(FIT_SPLITS)), n_users)
-    users = np.arange(1, min(n_users, max_queries) + 1)
-    queries = retriever.user_vectors(seq, users)
+    retriever, queries = retriever_and_queries(features_dir, retrieval_dir, max_queries)
     start = time.perf_counter()
     index = make_index(retriever.item_vectors, retriever.card.similarity or "cosine", cfg)
     build_seconds = time.perf_counter() - start

@@ -11,12 +11,11 @@ settings starts over. Output, in ``out_dir``:
 
 * ``part-NNNNN.parquet``: one row per (user, position): ``user_id``, ``position`` (1-based), ``item_id``,
   ``score``, ``served_by``;
-* ``manifest.json``: the bundle version, settings, counts and timing.
+* ``manifest.json``: the bundle's version (:func:`bundle_fingerprint`), settings, counts and timing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -114,16 +113,23 @@ def _run_chunk(part: Path, user_ids: list[str], settings: BatchSettings) -> dict
 
 
 def bundle_fingerprint(bundle_dir: Path) -> str:
-    """What a bundle answers with: its card (models, index, data), serving settings and policy, hashed.
+    """The package stage's version of what a bundle answers with (models, index, policy, serving settings,
+    recstack's code), recomputed from the bundle itself: a resumed run must come from the same one, or
+    parts from two bundles would mix two answers."""
+    import yaml
 
-    A resumed run must come from the same bundle: parts from two bundles would mix two answers.
-    """
-    digest = hashlib.sha256()
-    for name in ("bundle.json", "serving.yaml", "policy.yaml"):
+    import recstack
+    from recstack.serving.bundle import BUNDLE_CARD, POLICY_FILE, SERVING_FILE
+    from recstack.serving.package import bundle_version, code_digest
+
+    def read(name: str) -> dict[str, Any]:
         path = bundle_dir / name
-        if path.exists():
-            digest.update(name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+        return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+    card = json.loads((bundle_dir / BUNDLE_CARD).read_text())
+    return bundle_version(
+        card, read(POLICY_FILE), read(SERVING_FILE), code_digest(Path(recstack.__file__).parent)
+    )
 
 
 def batch_topn(
@@ -131,7 +137,7 @@ def batch_topn(
 ) -> dict[str, Any]:
     """Top-``k`` lists of ``user_ids`` (default: every user the bundle knows) into ``out_dir``.
 
-    Returns the manifest: bundle version, settings, users, rows, short lists, paths served and fallbacks,
+    Returns the manifest: the bundle's version, settings, users, rows, short lists, paths served and fallbacks,
     wall seconds and users per second.
     """
     from recstack.features.spec import FeatureSpec

@@ -2,10 +2,10 @@
 
 One request or many go through the same code: :class:`Stages` computes a *batch* of jobs with one query
 tower forward, one FAISS search per request (each excluding its own seen items) and one DLRM forward; a
-single request is a batch of
-one. :class:`StageLanes` runs the two stages on their own threads for the online service and batches
-whatever requests are waiting when a lane becomes free ("natural" batching: under load a batch forms while
-the previous one computes; an idle service adds no wait). The batch stage calls :class:`Stages` directly.
+single request is a batch of one. :class:`StageLanes` runs the two stages on their own threads for the
+online service and batches whatever requests are waiting when a lane becomes free ("natural" batching:
+under load a batch forms while the previous one computes; an idle service adds no wait). The batch stage
+calls :class:`Stages` directly.
 
 A job's result does not depend on which other jobs share its batch: every row of the query tower, the
 search and the ranker is computed independently. (Batched float32 matrix products can round differently in
