@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -153,6 +154,39 @@ def test_slow_ranker_is_cut_at_its_budget(recommender: Recommender, monkeypatch)
     elapsed = time.perf_counter() - start
     assert resp.served_by == "retrieval" and resp.fallbacks == ["ranker_timeout"] and len(resp.items) == 10
     assert elapsed < 0.6  # the 80 ms ranking budget, not the ranker's second
+
+
+def test_a_hung_ranker_does_not_hold_up_retrieval(recommender: Recommender, monkeypatch) -> None:
+    """While the ranker hangs on one batch, the standby thread retrieves the next requests and fails their
+    ranking at once: they keep the retrieval order (not popular items) without waiting out the budget."""
+    uids = known_users(recommender)[5:9]
+    release = threading.Event()
+    real = recommender.bundle.funnel.score_candidates
+
+    def hung(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recommender.bundle.funnel, "score_candidates", hung)
+    try:
+        first = recommender.recommend(RecommendRequest(user_id=uids[0], k=10))
+        assert first.served_by == "retrieval" and first.fallbacks == ["ranker_timeout"]
+        for uid in uids[1:]:
+            resp = recommender.recommend(RecommendRequest(user_id=uid, k=10))
+            assert resp.served_by == "retrieval" and resp.fallbacks == ["ranker_timeout"], resp.fallbacks
+            assert len(resp.items) == 10
+            # Failed at once by the standby, not cut at the 80 ms ranking budget.
+            assert resp.timings_ms["ranking"] < 40, resp.timings_ms
+    finally:
+        release.set()
+    monkeypatch.undo()
+    # Once the ranker returns, its thread rejoins and requests are ranked again.
+    for uid in known_users(recommender)[10:60]:  # new users each time: no cached answer
+        if recommender.recommend(RecommendRequest(user_id=uid, k=10)).served_by == "funnel":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the funnel did not recover after the ranker returned")
 
 
 def test_async_requests_answer_as_blocking_ones(loaded_bundle, tmp_path: Path, monkeypatch) -> None:

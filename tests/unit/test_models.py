@@ -46,6 +46,8 @@ def test_towers_give_unit_vectors_under_cosine_and_logits_all_pairs(small_featur
     logits = model(q, c)
     assert logits.shape == (3, 5)
     assert torch.allclose(model.query(q).norm(dim=1), torch.ones(3), atol=1e-5)
+    # The service's KJT-free path gives exactly the training path's vectors.
+    assert torch.equal(model.query_bags(query_bags(tables.users, users, history, 0.9)), model.query(q))
     dot = _tiny_two_tower(tables, "dot").eval()
     assert not torch.allclose(dot.candidate(c).norm(dim=1), torch.ones(5))
 
@@ -90,10 +92,13 @@ def test_ranker_scores_pairs_and_dcn_variant(small_features: Path) -> None:
             over_arch=[16],
             dcn_layers=dcn,
         )
-        model = Ranker(config)
+        model = Ranker(config).eval()
         bags = sparse_bags(tables, np.array([1, 2]), np.array([[1, 2, 3], [4, 5, 6]]), np.array([7, 0]))
-        out = model(torch.randn(6, n), to_kjt(bags))
+        dense = torch.randn(6, n)
+        out = model(dense, to_kjt(bags))
         assert out.shape == (6,)
+        # Inference without the KJT: the same logits, bit for bit.
+        assert torch.equal(model.score(dense, bags), out)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 from torchrec.models.dlrm import DLRM, DLRM_DCN
 
+from recstack.models.inputs import Bag, pooled_embeddings
+
 # Pairs per pass through the dense layers at inference. Their cost per pair is flat up to ~800 pairs and
 # ~4x higher at 1600 on this machine (the activations outgrow the core's cache), and the funnel scores
 # 200 candidates per user: one request is 200 pairs, an offline batch of users tens of thousands.
@@ -45,7 +47,8 @@ class RankerConfig(BaseModel):
 
 
 class Ranker(nn.Module):
-    """Scores pairs: ``forward(dense (B, F), sparse KJT of batch B) -> logits (B,)``."""
+    """Scores pairs: ``forward(dense (B, F), sparse KJT of batch B) -> logits (B,)``; :meth:`score` at
+    inference."""
 
     def __init__(self, config: RankerConfig):
         super().__init__()
@@ -90,14 +93,34 @@ class Ranker(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         """Args: dense ``(B, F)`` raw dense features; sparse: KJT, batch ``B``. Returns logits ``(B,)``.
 
-        In eval mode a large batch goes through the dense layers in chunks of ``INFERENCE_CHUNK_PAIRS``
-        (the same DLRM modules, row by row the same result, several times faster); training is one pass.
+        In eval mode a large batch goes through the dense layers in chunks (see :meth:`_head`).
         """
-        x = (dense - self.dense_mean) / self.dense_std
+        x = self._standardize(dense)
         if self.training or len(x) <= INFERENCE_CHUNK_PAIRS:
             return self.dlrm(x, sparse).squeeze(-1)
+        return self._head(x, self.dlrm.sparse_arch(sparse))
+
+    def score(self, dense: torch.Tensor, bags: dict[str, Bag]) -> torch.Tensor:
+        """Inference: logits ``(B,)`` of dense ``(B, F)`` raw features and the sparse features as bags.
+
+        The same modules and weights as :meth:`forward` on ``to_kjt(bags)``, and the same values; the
+        embedding lookup skips TorchRec's KJT handling (see :func:`pooled_embeddings`).
+        """
         d = self.dlrm
-        embedded = d.sparse_arch(sparse)  # (B, n_sparse, D): one lookup for the whole batch
+        n_sparse = len(self.config.sparse_features)
+        embedded = pooled_embeddings(d.sparse_arch.embedding_bag_collection, bags)
+        return self._head(self._standardize(dense), embedded.reshape(-1, n_sparse, self.config.embedding_dim))
+
+    def _standardize(self, dense: torch.Tensor) -> torch.Tensor:
+        return (dense - self.dense_mean) / self.dense_std
+
+    def _head(self, x: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` from standardized dense ``(B, F)`` and pooled embeddings ``(B, n_sparse, D)``.
+
+        The dense layers run over chunks of ``INFERENCE_CHUNK_PAIRS`` pairs: row by row the same result as
+        one pass, several times faster on large batches.
+        """
+        d = self.dlrm
         c = INFERENCE_CHUNK_PAIRS
         logits = [
             d.over_arch(d.inter_arch(d.dense_arch(x[s : s + c]), embedded[s : s + c]))

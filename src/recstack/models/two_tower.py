@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 
+from recstack.models.inputs import Bag, pooled_embeddings
+
 if TYPE_CHECKING:
     from recstack.models.inputs import ItemFeatures
 
@@ -94,6 +96,10 @@ class Tower(nn.Module):
         pooled = self.ebc(features)  # KeyedTensor, values() (B, n_features * dim)
         return self.mlp(pooled.values())
 
+    def embed_bags(self, bags: dict[str, Bag]) -> torch.Tensor:
+        """Inference: ``(B, tower_dims[-1])``, the same values as ``forward(to_kjt(bags))`` without the KJT."""
+        return self.mlp(pooled_embeddings(self.ebc, bags))
+
 
 class TwoTower(nn.Module):
     """Query tower (user id, attributes, history bag) and candidate tower (item id + content features).
@@ -114,6 +120,10 @@ class TwoTower(nn.Module):
     def query(self, features: KeyedJaggedTensor) -> torch.Tensor:
         """Query embeddings ``(B, D)`` (unit length under cosine similarity)."""
         return self._finish(self.query_tower(features))
+
+    def query_bags(self, bags: dict[str, Bag]) -> torch.Tensor:
+        """Inference: :meth:`query` of ``to_kjt(bags)``, without building the KJT (see :func:`pooled_embeddings`)."""
+        return self._finish(self.query_tower.embed_bags(bags))
 
     def candidate(self, features: KeyedJaggedTensor) -> torch.Tensor:
         """Candidate embeddings ``(B, D)`` (unit length under cosine similarity)."""

@@ -13,7 +13,6 @@ import scipy.sparse as sp
 import torch
 
 from recstack.models.artifact import ModelCard, load_card, load_weights
-from recstack.models.inputs import to_kjt
 from recstack.models.ranker import Ranker, RankerConfig
 from recstack.ranking.features import RankingContext, dense_features, sparse_bags
 from recstack.retrieval.two_tower import TwoTowerRetriever
@@ -104,7 +103,7 @@ class FunnelRanker:
         """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``."""
         if self.ranker.training:  # eval() walks every submodule: ~0.3 ms, too much per request
             self.ranker.eval()
-        return self.ranker(torch.from_numpy(dense), to_kjt(bags)).numpy()
+        return self.ranker.score(torch.from_numpy(dense), bags).numpy()
 
     def score_candidates(
         self,

@@ -15,7 +15,7 @@ import torch
 
 from recstack.evaluation.topk import topk
 from recstack.models.artifact import ModelCard, load_card, load_weights
-from recstack.models.inputs import FeatureTables, Sequences, query_bags, to_kjt
+from recstack.models.inputs import FeatureTables, Sequences, query_bags
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, item_embeddings
 
 
@@ -56,7 +56,7 @@ class TwoTowerRetriever:
     def query_vectors(self, users: np.ndarray, history: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """``(B, D)`` query embeddings of ``users`` ``(B,)`` with the given histories (oldest first)."""
         bags = query_bags(self.tables.users, users, history, self.config.history_decay)
-        return self.model.query(to_kjt(bags)).numpy()
+        return self.model.query_bags(bags).numpy()
 
     def user_vectors(self, sequences: Sequences, users: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """``(B, D)`` query embeddings after every observed interaction of each user."""

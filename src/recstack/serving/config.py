@@ -127,9 +127,9 @@ class ServingConfig(_Strict):
     stage_threads: int = Field(
         1,
         ge=1,
-        description="threads per model stage (retrieval, ranking). One is fastest: batches of a stage do not "
-        "fight over the GIL (2x the throughput of two at 8 concurrent requests); a hung ranker then makes "
-        "every request fall back to the retrieval order until it returns",
+        description="threads that compute batches (retrieval then ranking) at once, plus one standby that "
+        "takes over from a thread stuck past the retrieval budget. One is fastest: concurrent batches "
+        "fight over the GIL",
     )
     max_batch: int = Field(
         32,

@@ -134,7 +134,13 @@ class Recommender:
         self.config = config or bundle.config
         self.policy = policy or bundle.policy
         self.stages = Stages(bundle, self.config)
-        self.lanes = StageLanes(self.stages, self.config.stage_threads, self.config.max_batch)
+        self.lanes = StageLanes(
+            self.stages,
+            self.config.stage_threads,
+            self.config.max_batch,
+            # Queued requests run out of retrieval budget by then: past it, a busy thread counts as stuck.
+            stall_s=self.config.budgets.retrieval_ms / 1000,
+        )
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
