@@ -13,9 +13,11 @@ repro: setup  ## set up, then run the whole pipeline on the embedded default dat
 	$(RUN) dvc repro
 
 test: setup  ## set up, then run the default test suite (slow tests excluded)
+	@bash scripts/test_services.sh
 	$(RUN) pytest -m "not slow" $(PYTEST_ARGS)
 
 test-all: setup  ## every test, slow ones included
+	@bash scripts/test_services.sh
 	$(RUN) pytest $(PYTEST_ARGS)
 
 lab: setup  ## JupyterLab with the project kernel

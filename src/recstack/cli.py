@@ -6,12 +6,14 @@ Examples::
     recstack data generate /tmp/syn10m --n-interactions 10000000 --n-users 500000 --n-items 100000
     recstack data download movielens-1m data/external
     recstack data validate movielens-100k ../shared/data/ml-100k
+    recstack online materialize artifacts/package/bundle --redis-url redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +62,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.report.passed else 1
 
 
+def _cmd_materialize(args: argparse.Namespace) -> int:
+    from recstack.serving.bundle import load_bundle
+    from recstack.serving.online import REDIS_URL_ENV, materialize
+
+    url = args.redis_url or os.environ.get(REDIS_URL_ENV)
+    if not url:
+        print(f"error: give --redis-url or set {REDIS_URL_ENV}", file=sys.stderr)
+        return 2
+    bundle = load_bundle(args.bundle)
+    namespace = args.namespace or bundle.config.online.namespace
+    summary = materialize(bundle, url, namespace, version=args.version, feedback_log=args.feedback_log)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="recstack", description="recstack command line")
@@ -94,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", help="adapter options as JSON")
     p.add_argument("--max-bad-fraction", type=float, default=0.01)
     p.set_defaults(func=_cmd_validate)
+
+    online = sub.add_parser("online", help="the service's online state").add_subparsers(
+        dest="cmd", required=True
+    )
+    p = online.add_parser(
+        "materialize",
+        help="load a bundle's interaction snapshot into Redis as a new version, then switch to it",
+    )
+    p.add_argument("bundle", type=Path, help="a serving bundle, e.g. artifacts/package/bundle")
+    p.add_argument("--redis-url", help="redis://host:port/db (default: $RECSTACK_REDIS_URL)")
+    p.add_argument("--namespace", help="key prefix (default: the bundle's serving.online.namespace)")
+    p.add_argument("--version", help="name of the new version (default: bundle version + time)")
+    p.add_argument(
+        "--feedback-log",
+        type=Path,
+        help="the service's feedback.jsonl: events newer than the snapshot to keep",
+    )
+    p.set_defaults(func=_cmd_materialize)
     return parser
 
 

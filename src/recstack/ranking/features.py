@@ -177,6 +177,7 @@ def dense_features(
     ranks: np.ndarray,
     as_of: np.ndarray,
     history: tuple[np.ndarray, np.ndarray],
+    n_events: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(B, N, len(DENSE_FEATURES))`` float32 features of each user's candidates.
 
@@ -187,6 +188,8 @@ def dense_features(
         scores / ranks: ``(B, N)`` retrieval similarity and 1-based rank.
         as_of: ``(B,)`` time (us) of each request.
         history: the users' observed items ``(values, lengths)``, oldest first (at or before as_of).
+        n_events: ``(B,)`` each user's number of observed events; default their count in ``ctx.sequences``
+            (the service passes its online state's, which feedback keeps growing).
     """
     b, n = items.shape
     t = as_of[:, None]
@@ -206,7 +209,7 @@ def dense_features(
     sim_max = np.where(valid, sims, -1.0).max(axis=2)
     sim_max = np.where(valid.any(axis=2), sim_max, 0.0)
     sim_mean = np.where(valid, sims, 0.0).sum(axis=2) / np.maximum(valid.sum(axis=2), 1)
-    n_hist = np.log1p(ctx.sequences.lengths()[users]).astype(np.float32)
+    n_hist = np.log1p(ctx.sequences.lengths()[users] if n_events is None else n_events).astype(np.float32)
     cols = [
         # Gap to the best candidate's score rather than the raw score: the ranker is trained on one
         # retriever's lists and applied to a refitted one's, whose scores sit on a different scale.

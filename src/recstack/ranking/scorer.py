@@ -5,6 +5,7 @@ Used by the ranker's own validation, the ``evaluate`` stage and the service alik
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,17 +19,48 @@ from recstack.ranking.features import RankingContext, dense_features, sparse_bag
 from recstack.retrieval.two_tower import TwoTowerRetriever
 
 
+@dataclass
+class HistoryBatch:
+    """Users' observed events as the funnel reads them at request time (the service's online state).
+
+    Attributes:
+        values / lengths: each user's latest ``history_length`` items, oldest first (ragged ``(sum,)`` /
+            ``(B,)``): what the query tower and the ranker's history features see.
+        n_events: ``(B,)`` every event of each user. last_time: ``(B,)`` latest event time (us), -1 = none.
+    """
+
+    values: np.ndarray
+    lengths: np.ndarray
+    n_events: np.ndarray
+    last_time: np.ndarray
+
+    @classmethod
+    def build(cls, histories: Sequence[tuple[np.ndarray, np.ndarray]], length: int) -> HistoryBatch:
+        """From ``(items, times)`` per user, oldest first."""
+        tails = [items[-length:] if length > 0 else items[:0] for items, _ in histories]
+        return cls(
+            values=np.concatenate(tails).astype(np.int64) if tails else np.empty(0, np.int64),
+            lengths=np.array([len(t) for t in tails], dtype=np.int64),
+            n_events=np.array([len(items) for items, _ in histories], dtype=np.int64),
+            last_time=np.array([int(t.max()) if len(t) else -1 for _, t in histories], dtype=np.int64),
+        )
+
+
+def latest_time(ctx: RankingContext) -> int:
+    """The latest interaction time in the data (us): the request time of users without any."""
+    # The timeline's sorted distinct times end with the latest one: O(1), where times.max() scanned every
+    # interaction on every call (0.3 ms per request at 750k interactions).
+    latest = ctx.timeline.unique_times
+    return int(latest[-1]) if len(latest) else 0
+
+
 def request_times(ctx: RankingContext, users: np.ndarray) -> np.ndarray:
     """``(B,)`` offline "request time" of each user: their latest observed interaction (us).
 
     Users without observed interactions get the latest time in the data (a request made "now").
     """
     t = ctx.sequences.last_time(users)
-    # The timeline's sorted distinct times end with the latest one: O(1), where times.max() scanned every
-    # interaction on every call (0.3 ms per request at 750k interactions).
-    latest = ctx.timeline.unique_times
-    fallback = int(latest[-1]) if len(latest) else 0
-    return np.where(t >= 0, t, fallback)
+    return np.where(t >= 0, t, latest_time(ctx))
 
 
 def last_items(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -46,6 +78,7 @@ def pair_inputs(
     history_length: int,
     as_of: np.ndarray | None = None,
     context_item: np.ndarray | None = None,
+    state: HistoryBatch | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Dense ``(B, N, F)`` and sparse bags (``B * N`` pairs) of users' candidate lists, point-in-time.
 
@@ -55,12 +88,20 @@ def pair_inputs(
         context_item: ``(B,)`` the item the user is on right now (0 = none), for surfaces such as
             ``up_next``: it becomes the latest history item, so it is the ranker's ``last_item`` and enters
             the history-similarity features, exactly as if the user had just interacted with it.
+        state: the users' histories as the service reads them (online state, already cut to
+            ``history_length``); default the snapshot in ``ctx.sequences``. Its latest event times are
+            the default request times.
     """
-    history = ctx.sequences.last(users, history_length)
+    if state is None:
+        history = ctx.sequences.last(users, history_length)
+        times = request_times(ctx, users) if as_of is None else as_of
+        n_events = None
+    else:
+        history, n_events = (state.values, state.lengths), state.n_events
+        times = np.where(state.last_time >= 0, state.last_time, latest_time(ctx)) if as_of is None else as_of
     if context_item is not None:
         history = append_items(history, context_item)
-    times = request_times(ctx, users) if as_of is None else as_of
-    dense = dense_features(ctx, users, items, scores, ranks, times, history)
+    dense = dense_features(ctx, users, items, scores, ranks, times, history, n_events)
     bags = sparse_bags(ctx.tables, users, items, last_items(*history))
     return dense, bags
 
@@ -113,6 +154,7 @@ class FunnelRanker:
         sims: np.ndarray,
         as_of: np.ndarray | None = None,
         context_item: np.ndarray | None = None,
+        state: HistoryBatch | None = None,
     ) -> np.ndarray:
         """Ranker logits ``(B, N)`` of each user's retrieved candidates ``items`` ``(B, N)`` (-1 = empty slot,
         scored -inf), given in retrieval order with their similarities ``sims`` ``(B, N)``.
@@ -126,7 +168,7 @@ class FunnelRanker:
         sims = np.where(empty, np.where(np.isfinite(lowest), lowest, 0.0), sims)
         ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
         length = self.retriever.config.history_length
-        dense, bags = pair_inputs(ctx, users, items, sims, ranks, length, as_of, context_item)
+        dense, bags = pair_inputs(ctx, users, items, sims, ranks, length, as_of, context_item, state)
         logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags).reshape(items.shape)
         logits[empty] = -np.inf
         return logits

@@ -50,6 +50,45 @@ class Surface(_Strict):
     requires_current_item: bool = False
 
 
+HISTORY_EVENTS = ("click", "watch", "like", "add_to_cart", "purchase", "share", "rating")
+EVENT_TYPES = (*HISTORY_EVENTS, "impression", "dislike", "skip")
+
+
+class OnlineConfig(_Strict):
+    """Where users' online state lives: their events, which feedback updates as it is accepted."""
+
+    backend: Literal["embedded", "redis"] = Field(
+        "embedded",
+        description="'embedded': the bundle's snapshot plus accepted events in process memory (nothing to "
+        "install; replayed from the feedback log at start); 'redis': shared by every worker and replica",
+    )
+    redis_url: str | None = Field(
+        None, max_length=512, description="redis://host:port/db; default the RECSTACK_REDIS_URL environment"
+    )
+    namespace: str = Field("recstack", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every key")
+    timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="per Redis call; past it the snapshot serves"
+    )
+    session_weight: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the session (events newer than the snapshot) in the query vector: 0 = the "
+        "query tower alone, which hardly moves with a few clicks",
+    )
+    history_events: list[str] = Field(
+        default_factory=lambda: list(HISTORY_EVENTS),
+        description="event types that join the user's history (and leave their recommendations)",
+    )
+
+    @model_validator(mode="after")
+    def _check_events(self) -> OnlineConfig:
+        unknown = sorted(set(self.history_events) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event types {unknown} in history_events; known: {list(EVENT_TYPES)}")
+        return self
+
+
 def _default_surfaces() -> dict[str, Surface]:
     return {
         "homepage": Surface(item_weight=0.0),
@@ -124,6 +163,7 @@ class ServingConfig(_Strict):
     surfaces: dict[str, Surface] = Field(default_factory=_default_surfaces)
     cache: Cache = Field(default_factory=Cache)
     experiments: list[Experiment] = Field(default_factory=list)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
     stage_threads: int = Field(
         1,
         ge=1,

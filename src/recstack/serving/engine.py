@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from recstack.online.store import OnlineStateUnavailable, UserHistory, snapshot_history
 from recstack.policy.rerank import Placed, Request, rerank, stable_hash
 from recstack.policy.schema import Policy
 from recstack.serving.bundle import Bundle, load_bundle
@@ -37,6 +38,7 @@ from recstack.serving.cache import ResultCache
 from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
 from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, EventLog
 from recstack.serving.experiments import active, assign
+from recstack.serving.online import event_time_us, open_store
 from recstack.serving.schemas import (
     Assignment,
     Explanation,
@@ -83,6 +85,7 @@ class _Plan:
     policy: Policy
     user: int
     current: int
+    history: UserHistory  # the user's events as the online state holds them now
     seen: np.ndarray
     context: dict[str, str | None]
     n: int
@@ -145,6 +148,9 @@ class Recommender:
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.feedback_log = EventLog(self.log_dir / FEEDBACK_LOG) if self.log_dir else None
+        self.online = open_store(
+            self.config.online, bundle, self.log_dir / FEEDBACK_LOG if self.log_dir else None
+        )
         self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
         self.metrics = metrics()
         check_model_versions(self.config, self.bundle.card.get("models", {}))
@@ -167,6 +173,7 @@ class Recommender:
 
     def close(self) -> None:
         self.lanes.close()
+        self.online.close()
         for lg in (self.feedback_log, self.responses_log):
             if lg is not None:
                 lg.close()
@@ -303,6 +310,7 @@ class Recommender:
         b, cfg = self.bundle, self.config
         warnings: list[str] = []
         user = b.user_index(req.user_id)
+        history = self._history(req.user_id, user, warnings)
         current = 0
         if req.current_item_id is not None:
             current = b.item_index(req.current_item_id)
@@ -317,7 +325,8 @@ class Recommender:
             policy=variant.policy if variant is not None and variant.policy is not None else self.policy,
             user=user,
             current=current,
-            seen=b.seen(user),
+            history=history,
+            seen=history.seen(),
             context=self._context(req, user),
             n=min(n, b.tables.items.n_items - 1),
             use_ranker=variant.use_ranker if variant else True,
@@ -325,10 +334,23 @@ class Recommender:
             warnings=warnings,
         )
 
+    def _history(self, user_id: str, user: int, warnings: list[str]) -> UserHistory:
+        """The user's events from the online state; when it cannot be read, the bundle's snapshot (the
+        response says so, and a metric counts it)."""
+        try:
+            return self.online.histories([user_id])[0]
+        except OnlineStateUnavailable as exc:
+            self.metrics.fallbacks.labels(reason="online_state_unavailable").inc()
+            warnings.append(
+                f"online state unavailable, answered from the snapshot without recent events: {exc}"
+            )
+            return snapshot_history(self.bundle.sequences, user)
+
     def _job(self, plan: _Plan) -> Job | None:
         """The request's model work, or None (with the reason in ``plan.fallbacks``) when there is none."""
         b, cfg = self.bundle, self.config
-        if plan.user == 0 and plan.current == 0:
+        if plan.user == 0 and plan.current == 0 and not len(plan.history):
+            # (An unknown user with events since the snapshot has a history: the query tower reads it.)
             plan.fallbacks.append("cold_start_user")
             return None
         if b.index is None and cfg.retrieval == "ann":
@@ -341,6 +363,7 @@ class Recommender:
             n=plan.n,
             item_weight=cfg.surfaces[plan.req.surface].item_weight,
             rank=plan.use_ranker and b.funnel is not None,
+            history=(plan.history.items, plan.history.times),
             as_of=int(time.time() * 1_000_000) if cfg.clock == "wall" else None,
         )
 
@@ -618,7 +641,8 @@ class Recommender:
             raise RequestError(
                 "timestamp", f"timestamp {ts.isoformat()} is older than {limits.max_event_age_days:g} days"
             )
-        if self.bundle.item_index(event.item_id) == 0:
+        item = self.bundle.item_index(event.item_id)
+        if item == 0:
             raise RequestError("item_id", f"item {event.item_id!r} is not in the catalog")
         if self.feedback_log is None:
             raise RuntimeError("this recommender has no log directory: feedback cannot be stored")
@@ -630,6 +654,14 @@ class Recommender:
             "timestamp": ts.isoformat(),
         }
         self.feedback_log.append(record)  # fsynced: only now may the event be acknowledged
+        if event.event_type in self.config.online.history_events:
+            try:
+                self.online.append(event.user_id, item, event_time_us(ts))
+                ack.state_updated = True
+            except OnlineStateUnavailable as exc:
+                # Logged durably all the same: the event is not lost, only late for real-time use.
+                log.warning("feedback %s logged but not applied to the online state: %s", ack.event_id, exc)
+                self.metrics.fallbacks.labels(reason="online_state_unavailable").inc()
         if self.cache is not None:
             self.cache.invalidate_user(event.user_id)
         self.metrics.feedback.labels(event_type=event.event_type).inc()
@@ -651,6 +683,7 @@ class Recommender:
             "experiments": [e.id for e in self.config.experiments],
             "users": int(b.tables.spec.user_id.size),
             "items": int(b.tables.spec.item_id.size),
+            "online_state": self.online.health(),
             "cache_entries": len(self.cache) if self.cache else 0,
             "cache_hit_ratio": round(self.cache.hit_ratio(), 4) if self.cache else None,
             "warnings": problems,

@@ -36,6 +36,7 @@ SERVING_ROOTS = (
     "pydantic",
     "pyyaml",
     "prometheus-client",
+    "redis",  # the online state's Redis backend
 )
 # torchrec asks for the CUDA fbgemm-gpu; fbgemm-gpu-cpu provides the same module (see pyproject [tool.uv]).
 EXCLUDED = {"fbgemm-gpu"}

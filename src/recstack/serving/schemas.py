@@ -139,6 +139,9 @@ class FeedbackAck(BaseModel):
     event_id: str
     accepted: bool = True
     received_at: str
+    state_updated: bool = Field(
+        False, description="the event is already in the user's online history (their next recommendations)"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -28,7 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recstack.ranking.scorer import append_items, request_times
+from recstack.online.store import snapshot_history
+from recstack.ranking.scorer import HistoryBatch, append_items, latest_time
 from recstack.retrieval.index import search
 from recstack.serving.bundle import Bundle
 from recstack.serving.config import ServingConfig
@@ -58,6 +59,8 @@ class Job:
         n: candidates wanted; item_weight: the current item's neighbours' share of the blended score.
         rank: whether the ranker scores the candidates after retrieval.
         as_of: request time (us) for the ranker's time features; None = the user's latest interaction.
+        history: the user's events as the service read them from its online state (so feedback counts
+            at once); None = the bundle's snapshot (the batch stage).
     """
 
     user: int
@@ -67,6 +70,7 @@ class Job:
     item_weight: float = 0.0
     rank: bool = True
     as_of: int | None = None
+    history: tuple[np.ndarray, np.ndarray] | None = None  # (items, times) oldest first; None = the snapshot's
     retrieved: Future = field(default_factory=Future)
     ranked: Future = field(default_factory=Future)
     abandoned: bool = False  # the request stopped waiting: skip what is left
@@ -77,6 +81,20 @@ class Stages:
 
     def __init__(self, bundle: Bundle, config: ServingConfig) -> None:
         self.bundle, self.config = bundle, config
+        # Events after this time (us) are the session: accepted by the service, not in the snapshot.
+        self._snapshot_end = int(bundle.sequences.times.max()) if len(bundle.sequences.times) else -1
+
+    def histories(self, jobs: Sequence[Job]) -> HistoryBatch:
+        """The jobs' users' histories: each job's own (online state), else the bundle's snapshot."""
+        s = self.bundle.sequences
+        pairs = []
+        for j in jobs:
+            if j.history is not None:
+                pairs.append(j.history)
+            else:
+                h = snapshot_history(s, j.user)
+                pairs.append((h.items, h.times))
+        return HistoryBatch.build(pairs, self.bundle.retriever.config.history_length)
 
     # ------------------------------------------------------------------------------------- retrieval
 
@@ -85,11 +103,39 @@ class Stages:
         """``(B, D)`` query vectors: each user's history with the current item appended as the newest."""
         r = self.bundle.retriever
         users = np.array([j.user for j in jobs], dtype=np.int64)
-        history = self.bundle.sequences.last(users, r.config.history_length)
+        state = self.histories(jobs)
+        history = (state.values, state.lengths)
         currents = np.array([j.current for j in jobs], dtype=np.int64)
         if currents.any():
             history = append_items(history, currents)  # 0 = append nothing
-        return r.query_vectors(users, history)
+        q = r.query_vectors(users, history)
+        if self.config.online.session_weight > 0:
+            for row, job in enumerate(jobs):
+                if job.history is not None:
+                    q[row] = self._with_session(q[row], *job.history)
+        return q
+
+    def _with_session(self, q: np.ndarray, items: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """``q`` ``(D,)`` blended with the user's session: the events newer than the snapshot.
+
+        The query tower learned long-term taste (it leans on the user's id and long history), so a few
+        fresh clicks barely move its vector: measured on the default data, 5 clicks on one category left
+        cos(q_before, q_after) at 0.998 and the category's share of the top 10 unchanged. The session
+        vector, a recency-weighted mean of the fresh items' own vectors, carries the short-term intent;
+        with no fresh events (offline, the batch stage) nothing changes.
+        """
+        cfg, r = self.config.online, self.bundle.retriever
+        fresh = items[times > self._snapshot_end][-r.config.history_length :]
+        if not len(fresh):
+            return q
+        weights = r.config.history_decay ** np.arange(len(fresh) - 1, -1, -1, dtype=np.float64)
+        session = (weights / weights.sum()) @ r.item_vectors[fresh].astype(np.float64)
+        norm_q, norm_s = float(np.linalg.norm(q)), float(np.linalg.norm(session))
+        if norm_s == 0 or norm_q == 0:
+            return q
+        # Blend directions at the query's own length (under cosine the index wants unit vectors anyway).
+        blend = (1 - cfg.session_weight) * q / norm_q + cfg.session_weight * session / norm_s
+        return (blend / np.linalg.norm(blend) * norm_q).astype(q.dtype)
 
     def search(
         self, queries: np.ndarray, ns: Sequence[int], drops: Sequence[np.ndarray]
@@ -172,14 +218,18 @@ class Stages:
             items[r, : len(c.items)], sims[r, : len(c.items)] = c.items, c.scores
         users = np.array([j.user for j in jobs], dtype=np.int64)
         currents = np.array([j.current for j in jobs], dtype=np.int64)
+        state = self.histories(jobs)
         as_of = None
         if any(j.as_of is not None for j in jobs):
-            offline = request_times(b.ranking_context, users)
+            latest = latest_time(b.ranking_context)
             as_of = np.array(
-                [j.as_of if j.as_of is not None else t for j, t in zip(jobs, offline, strict=True)]
+                [
+                    j.as_of if j.as_of is not None else (t if t >= 0 else latest)
+                    for j, t in zip(jobs, state.last_time, strict=True)
+                ]
             )
         logits = b.funnel.score_candidates(
-            b.ranking_context, users, items, sims, as_of, currents if currents.any() else None
+            b.ranking_context, users, items, sims, as_of, currents if currents.any() else None, state
         )
         return [logits[r, : len(c.items)] for r, c in enumerate(cands)]
 

@@ -1,0 +1,1 @@
+"""Online state: users' events, kept current by feedback (embedded or Redis backends)."""

@@ -1,0 +1,298 @@
+"""The online state of users: their observed events, updated by feedback as it is accepted.
+
+Two backends behind one interface (:class:`OnlineStore`):
+
+- :class:`EmbeddedStore` (the default, nothing to install): the bundle's interaction snapshot plus the events
+  accepted since, in process memory. At start it replays the durable feedback log, so a restart loses
+  nothing that was acknowledged.
+- :class:`RedisStore`: every user's events in Redis, shared by all workers and replicas. A materialize step
+  loads the offline snapshot under a new version and then switches a pointer, so a half-finished load is
+  never read. Reads are one round trip per request (a pipeline: the version pointer and the user's key).
+
+A user's events are stored as packed fixed-width records (``EVENT_DTYPE``: item index, time in
+microseconds), so an event is one Redis ``APPEND``, atomic and O(1), and reading a history is one ``GET``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from recstack.models.inputs import Sequences
+
+# One event: item index (int32 is enough for 2 billion items) and time in microseconds since the epoch.
+EVENT_DTYPE = np.dtype([("item", "<i4"), ("time", "<i8")])
+
+
+@dataclass(frozen=True)
+class UserHistory:
+    """One user's observed events, oldest first: ``items`` ``(n,)`` int64, ``times`` ``(n,)`` int64 (us)."""
+
+    items: np.ndarray
+    times: np.ndarray
+
+    @classmethod
+    def empty(cls) -> UserHistory:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> UserHistory:
+        if not raw:
+            return cls.empty()
+        if len(raw) % EVENT_DTYPE.itemsize:
+            raise ValueError(
+                f"a stored history of {len(raw)} bytes is not whole {EVENT_DTYPE.itemsize}-byte events"
+            )
+        rec = np.frombuffer(raw, dtype=EVENT_DTYPE)
+        return cls(rec["item"].astype(np.int64), rec["time"].astype(np.int64))
+
+    def to_bytes(self) -> bytes:
+        rec = np.empty(len(self.items), dtype=EVENT_DTYPE)
+        rec["item"], rec["time"] = self.items, self.times
+        return rec.tobytes()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def seen(self) -> np.ndarray:
+        """Sorted distinct items (what ``filter_seen`` removes and retrieval excludes)."""
+        return np.unique(self.items)
+
+    def last_time(self) -> int:
+        """Time of the latest event (us), -1 when there is none."""
+        return int(self.times.max()) if len(self.times) else -1
+
+
+def snapshot_history(snapshot: Sequences, user: int) -> UserHistory:
+    """User index ``user``'s events in ``snapshot`` (no copy; 0 or out of range: empty)."""
+    if user <= 0 or user >= len(snapshot.offsets) - 1:
+        return UserHistory.empty()
+    lo, hi = snapshot.offsets[user], snapshot.offsets[user + 1]
+    return UserHistory(snapshot.items[lo:hi], snapshot.times[lo:hi])
+
+
+def empty_sequences() -> Sequences:
+    """A snapshot without users or events."""
+    return Sequences(np.empty(0, np.int64), np.empty(0, np.int64), np.zeros(2, np.int64))
+
+
+def event_bytes(item: int, time_us: int) -> bytes:
+    rec = np.empty(1, dtype=EVENT_DTYPE)
+    rec["item"], rec["time"] = item, time_us
+    return rec.tobytes()
+
+
+class OnlineStore(ABC):
+    """Per-user event histories for the service: read per request, appended by feedback."""
+
+    name: str
+
+    @abstractmethod
+    def histories(self, users: Sequence[str]) -> list[UserHistory]:
+        """The histories of ``users`` (raw user ids; unknown ones may have events too), in one round trip."""
+
+    @abstractmethod
+    def append(self, user: str, item: int, time_us: int) -> None:
+        """Record that ``user`` engaged with item index ``item`` at ``time_us``; visible to the next read."""
+
+    def health(self) -> dict:
+        return {"backend": self.name, "available": True}
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class EmbeddedStore(OnlineStore):
+    """The bundle's snapshot (read-only, shared) plus the events accepted since, in memory."""
+
+    name = "embedded"
+
+    def __init__(self, snapshot: Sequences, user_index: Callable[[str], int]) -> None:
+        self.snapshot, self.user_index = snapshot, user_index
+        self._recent: dict[str, list[tuple[int, int]]] = {}
+        self._lock = threading.Lock()
+
+    def base(self, user: str) -> UserHistory:
+        """The snapshot's events of ``user`` (no copy)."""
+        return snapshot_history(self.snapshot, self.user_index(user))
+
+    def histories(self, users: Sequence[str]) -> list[UserHistory]:
+        out = []
+        for u in users:
+            base = self.base(u)
+            with self._lock:
+                recent = list(self._recent.get(u, ()))
+            if recent:
+                items, times = np.array(recent, dtype=np.int64).T
+                base = UserHistory(np.concatenate([base.items, items]), np.concatenate([base.times, times]))
+            out.append(base)
+        return out
+
+    def recent(self) -> dict[str, UserHistory]:
+        """The events accepted since the snapshot, by user."""
+        with self._lock:
+            pairs = {u: np.array(ev, dtype=np.int64).reshape(-1, 2) for u, ev in self._recent.items()}
+        return {u: UserHistory(a[:, 0].copy(), a[:, 1].copy()) for u, a in pairs.items()}
+
+    def append(self, user: str, item: int, time_us: int) -> None:
+        with self._lock:
+            self._recent.setdefault(user, []).append((item, time_us))
+
+
+class OnlineStateUnavailable(RuntimeError):
+    """The online backend cannot be read or written right now (the message says why)."""
+
+
+class RedisStore(OnlineStore):
+    """Users' histories in Redis under a versioned namespace.
+
+    Keys: ``{ns}:version`` names the live version; ``{ns}:{version}:h:{user}`` holds the user's events.
+    :meth:`materialize` writes a whole new version, then moves the pointer; readers follow the pointer,
+    which they read in the same pipeline as the histories (one round trip).
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, namespace: str = "recstack", timeout_s: float = 0.05) -> None:
+        import redis  # serving extra: only needed with this backend
+
+        self.url, self.ns = url, namespace
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
+        )
+        self._version: bytes | None = None
+        # Atomic: append an event to the live version and, while a materialize runs, to the pending one.
+        self._append = self.client.register_script(
+            """
+            local live = redis.call('GET', KEYS[1])
+            local pending = redis.call('GET', KEYS[2])
+            if not live and not pending then return 0 end
+            if live then redis.call('APPEND', ARGV[1] .. ':' .. live .. ':h:' .. ARGV[2], ARGV[3]) end
+            if pending and pending ~= live then
+                redis.call('APPEND', ARGV[1] .. ':' .. pending .. ':h:' .. ARGV[2], ARGV[3])
+            end
+            return 1
+            """
+        )
+        # The snapshot goes before any events appended to the pending version meanwhile (they are newer).
+        self._prepend = self.client.register_script(
+            "redis.call('SET', KEYS[1], ARGV[1] .. (redis.call('GET', KEYS[1]) or '')) return 1"
+        )
+
+    def _key(self, version: bytes, user: str) -> str:
+        return f"{self.ns}:{version.decode()}:h:{user}"
+
+    @property
+    def pointer(self) -> str:
+        return f"{self.ns}:version"
+
+    def version(self) -> str | None:
+        v = self._call(self.client.get, self.pointer)
+        return v.decode() if v else None
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except self._errors as exc:
+            raise OnlineStateUnavailable(f"redis at {self.url}: {exc}") from exc
+
+    def histories(self, users: Sequence[str]) -> list[UserHistory]:
+        for _ in range(2):  # a second pass only when a materialize switched the version meanwhile
+            version = self._version
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self.pointer)
+            if version is not None and users:
+                pipe.mget([self._key(version, u) for u in users])
+            res = self._call(pipe.execute)
+            live = res[0]
+            if live is None:
+                raise OnlineStateUnavailable(
+                    f"redis at {self.url} holds no materialized state ({self.pointer})"
+                )
+            if live == version:
+                return [UserHistory.from_bytes(r) for r in (res[1] if users else [])]
+            self._version = live
+        raise OnlineStateUnavailable("the online state version changed twice during one read")
+
+    def append(self, user: str, item: int, time_us: int) -> None:
+        ok = self._call(
+            self._append, keys=[self.pointer, self.pending], args=[self.ns, user, event_bytes(item, time_us)]
+        )
+        if not ok:
+            raise OnlineStateUnavailable(f"redis at {self.url} holds no materialized state ({self.pointer})")
+
+    @property
+    def pending(self) -> str:
+        return f"{self.ns}:pending"
+
+    def materialize(
+        self,
+        snapshot: Sequences,
+        user_ids: Sequence[str],
+        version: str,
+        since_snapshot: Callable[[], dict[str, UserHistory]] | None = None,
+        batch: int = 1000,
+    ) -> int:
+        """Load ``snapshot`` (user index ``u`` is ``user_ids[u - 1]``) as ``version`` and make it live.
+
+        While it loads, feedback appends to both the live version and the new one (the ``pending``
+        pointer), and each user's events are written *before* whatever arrived meanwhile, so no accepted
+        event is lost.
+
+        Args:
+            since_snapshot: called once the double writes are on; returns the events accepted before that
+                which the snapshot does not hold (the service's feedback log since the data was cut), by
+                user. They go after the user's snapshot. (An event acknowledged in the very milliseconds
+                the double writes start can be counted twice: a repeated item in a history, never a loss.)
+
+        Returns the number of users written.
+        """
+        if self._call(self.client.exists, f"{self.ns}:{version}:done"):
+            raise ValueError(f"online state version {version!r} already exists in {self.url}")
+        self._call(self.client.set, self.pending, version)
+        recent = since_snapshot() if since_snapshot is not None else {}
+        n = 0
+        pipe = self.client.pipeline(transaction=False)
+        key = version.encode()
+        for u, uid in enumerate([*user_ids, *(r for r in recent if r not in set(user_ids))], start=1):
+            h = snapshot_history(snapshot, u) if u <= len(user_ids) else UserHistory.empty()
+            blob = h.to_bytes() + (recent[uid].to_bytes() if uid in recent else b"")
+            if blob:
+                self._prepend(keys=[self._key(key, str(uid))], args=[blob], client=pipe)
+                n += 1
+            if len(pipe) >= batch:
+                self._call(pipe.execute)
+        self._call(pipe.execute)
+        old = self._call(self.client.get, self.pointer)
+        # The switch: one transaction moves the pointer and ends the double writes.
+        tx = self.client.pipeline(transaction=True)
+        tx.set(f"{self.ns}:{version}:done", 1).set(self.pointer, version).delete(self.pending)
+        self._call(tx.execute)
+        self._version = key
+        if old is not None and old.decode() != version:
+            self.drop_version(old.decode())
+        return n
+
+    def drop_version(self, version: str) -> int:
+        """Delete every key of an old version (not the live one); returns how many."""
+        if self.version() == version:
+            raise ValueError(f"{version!r} is the live online state version")
+        n = 0
+        for key in self.client.scan_iter(match=f"{self.ns}:{version}:*", count=1000):
+            n += self._call(self.client.unlink, key)
+        return n
+
+    def health(self) -> dict:
+        try:
+            live = self.version()
+        except OnlineStateUnavailable as exc:
+            return {"backend": self.name, "available": False, "error": str(exc)}
+        return {"backend": self.name, "available": live is not None, "version": live}
+
+    def close(self) -> None:
+        self.client.close()
