@@ -207,3 +207,64 @@ def test_redis_outage_serves_the_snapshot_and_recovers(loaded_bundle, tmp_path: 
             assert _feedback(rec, user, item).state_updated
     finally:
         rec.close()
+
+
+def _stream_consumer(rec: Recommender, tmp_path: Path, name: str = "c1"):
+    from recstack.online.stream import LogConsumer, RedisStreamConsumer
+
+    if rec.online.streams:
+        return RedisStreamConsumer(rec.online.url, rec.online.ns, "monitoring", name)
+    return LogConsumer(rec.log_dir / "feedback.jsonl", tmp_path / f"{name}.offset")
+
+
+def test_event_stream_resumes_after_a_restart_without_loss_or_double_counting(
+    online_engine: Recommender, tmp_path: Path
+) -> None:
+    rec, b = online_engine, online_engine.bundle
+    users = [str(u) for u in b.tables.spec.user_id.values.to_list()[:5]]
+    sent = []
+    for n in range(30):
+        event_type = ("click", "skip", "impression")[n % 3]
+        sent.append(_feedback(rec, users[n % 5], str(b.catalog.item_ids[1 + n]), event_type).event_id)
+    first = _stream_consumer(rec, tmp_path)
+    batch = first.read(count=12)
+    assert [r["event_id"] for _, r in batch] == sent[:12]  # in order, skips and impressions included
+    first.ack([i for i, _ in batch[:10]])  # processed 10; crashed before acknowledging the last 2
+    first.close()
+    second = _stream_consumer(rec, tmp_path)  # the restarted consumer
+    counted = [r["event_id"] for _, r in batch[:10]]
+    while got := second.read(count=7):
+        counted += [r["event_id"] for _, r in got]
+        second.ack([i for i, _ in got])
+    assert counted == sent  # every event once: the 2 unacknowledged ones again, none of the 10
+    assert second.read() == []
+    second.close()
+
+
+def test_relay_applies_events_accepted_while_redis_was_down(loaded_bundle, tmp_path: Path) -> None:
+    from recstack.online.stream import RedisStreamConsumer
+    from recstack.serving.local import free_port
+
+    port, data = free_port(), tmp_path / "redis"
+    user = str(loaded_bundle.tables.spec.user_id.values[12])
+    item = str(loaded_bundle.catalog.item_ids[30])
+    with redis_server(data, port=port) as url:
+        materialize(loaded_bundle, url, "r")
+        rec = _engine(loaded_bundle, tmp_path / "logs", "redis", url, "r")
+        rec.relay.stop()  # driven by hand below
+        before = len(rec.online.histories([user])[0])
+        _feedback(rec, user, str(loaded_bundle.catalog.item_ids[31]))  # applied at once
+    try:
+        ack = _feedback(rec, user, item)  # Redis down: logged, acknowledged, not applied
+        assert not ack.state_updated
+        with redis_server(data, port=port):
+            assert rec.relay.run_once() == 1  # only the missed one; the other was applied before
+            h = rec.online.histories([user])[0]
+            assert len(h) == before + 2 and h.items[-1] == loaded_bundle.item_index(item)
+            assert rec.relay.run_once() == 0
+            consumer = RedisStreamConsumer(url, "r", "g", "c")
+            ids = [r["event_id"] for _, r in consumer.read()]
+            assert ids.count(ack.event_id) == 1 and len(ids) == 2
+            consumer.close()
+    finally:
+        rec.close()

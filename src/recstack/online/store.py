@@ -19,6 +19,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -86,10 +87,34 @@ def event_bytes(item: int, time_us: int) -> bytes:
     return rec.tobytes()
 
 
+@dataclass(frozen=True)
+class AcceptedEvent:
+    """A feedback event the service accepted (already in its durable log).
+
+    Attributes:
+        event_id: unique per event: applying it twice is a no-op (the relay may replay it).
+        user: raw user id. item: item index, 0 when the event does not join the history (a skip...).
+        time_us: event time. payload: the logged record as JSON (what stream consumers read).
+    """
+
+    event_id: str
+    user: str
+    item: int
+    time_us: int
+    payload: str
+
+
 class OnlineStore(ABC):
     """Per-user event histories for the service: read per request, appended by feedback."""
 
     name: str
+    streams = False  # whether accepted events also go to a stream of this backend (else the log is it)
+
+    def accept(self, event: AcceptedEvent) -> bool:
+        """Apply an accepted event: its item joins the user's history. False when it was applied before."""
+        if event.item > 0:
+            self.append(event.user, event.item, event.time_us)
+        return True
 
     @abstractmethod
     def histories(self, users: Sequence[str]) -> list[UserHistory]:
@@ -157,10 +182,20 @@ class RedisStore(OnlineStore):
 
     name = "redis"
 
-    def __init__(self, url: str, namespace: str = "recstack", timeout_s: float = 0.05) -> None:
+    streams = True
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str = "recstack",
+        timeout_s: float = 0.05,
+        idempotency_ttl_s: int = 7 * 86400,
+        stream_maxlen: int = 10_000_000,
+    ) -> None:
         import redis  # serving extra: only needed with this backend
 
         self.url, self.ns = url, namespace
+        self.idempotency_ttl_s, self.stream_maxlen = idempotency_ttl_s, stream_maxlen
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
@@ -179,6 +214,28 @@ class RedisStore(OnlineStore):
             return 1
             """
         )
+        # Idempotent per event id (the idempotency key lives idempotency_ttl_s): the event's item joins
+        # the live (and pending) history, and the event goes to the stream. Returns 1 applied, 2 applied
+        # before, 0 no materialized state (nothing done, so a later retry applies it).
+        self._accept = self.client.register_script(
+            """
+            if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', ARGV[5]) then return 2 end
+            if ARGV[3] ~= '' then
+                local live = redis.call('GET', KEYS[1])
+                local pending = redis.call('GET', KEYS[2])
+                if not live and not pending then
+                    redis.call('DEL', KEYS[3])
+                    return 0
+                end
+                if live then redis.call('APPEND', ARGV[1] .. ':' .. live .. ':h:' .. ARGV[2], ARGV[3]) end
+                if pending and pending ~= live then
+                    redis.call('APPEND', ARGV[1] .. ':' .. pending .. ':h:' .. ARGV[2], ARGV[3])
+                end
+            end
+            redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[4])
+            return 1
+            """
+        )
         # The snapshot goes before any events appended to the pending version meanwhile (they are newer).
         self._prepend = self.client.register_script(
             "redis.call('SET', KEYS[1], ARGV[1] .. (redis.call('GET', KEYS[1]) or '')) return 1"
@@ -192,10 +249,10 @@ class RedisStore(OnlineStore):
         return f"{self.ns}:version"
 
     def version(self) -> str | None:
-        v = self._call(self.client.get, self.pointer)
+        v = self.call(self.client.get, self.pointer)
         return v.decode() if v else None
 
-    def _call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except self._errors as exc:
@@ -208,7 +265,7 @@ class RedisStore(OnlineStore):
             pipe.get(self.pointer)
             if version is not None and users:
                 pipe.mget([self._key(version, u) for u in users])
-            res = self._call(pipe.execute)
+            res = self.call(pipe.execute)
             live = res[0]
             if live is None:
                 raise OnlineStateUnavailable(
@@ -220,11 +277,29 @@ class RedisStore(OnlineStore):
         raise OnlineStateUnavailable("the online state version changed twice during one read")
 
     def append(self, user: str, item: int, time_us: int) -> None:
-        ok = self._call(
+        ok = self.call(
             self._append, keys=[self.pointer, self.pending], args=[self.ns, user, event_bytes(item, time_us)]
         )
         if not ok:
             raise OnlineStateUnavailable(f"redis at {self.url} holds no materialized state ({self.pointer})")
+
+    @property
+    def stream(self) -> str:
+        """The Redis stream of accepted feedback events (monitoring consumes it)."""
+        return f"{self.ns}:events"
+
+    def accept(self, event: AcceptedEvent, client: Any = None) -> bool:
+        """Apply ``event`` once (see :class:`AcceptedEvent`); ``client``: a pipeline to queue it on."""
+        keys = [self.pointer, self.pending, f"{self.ns}:seen:{event.event_id}", self.stream]
+        blob = event_bytes(event.item, event.time_us) if event.item > 0 else b""
+        args = [self.ns, event.user, blob, event.payload, self.idempotency_ttl_s, self.stream_maxlen]
+        if client is not None:
+            self._accept(keys=keys, args=args, client=client)
+            return True
+        status = self.call(self._accept, keys=keys, args=args)
+        if status == 0:
+            raise OnlineStateUnavailable(f"redis at {self.url} holds no materialized state ({self.pointer})")
+        return status == 1
 
     @property
     def pending(self) -> str:
@@ -252,9 +327,9 @@ class RedisStore(OnlineStore):
 
         Returns the number of users written.
         """
-        if self._call(self.client.exists, f"{self.ns}:{version}:done"):
+        if self.call(self.client.exists, f"{self.ns}:{version}:done"):
             raise ValueError(f"online state version {version!r} already exists in {self.url}")
-        self._call(self.client.set, self.pending, version)
+        self.call(self.client.set, self.pending, version)
         recent = since_snapshot() if since_snapshot is not None else {}
         n = 0
         pipe = self.client.pipeline(transaction=False)
@@ -266,13 +341,13 @@ class RedisStore(OnlineStore):
                 self._prepend(keys=[self._key(key, str(uid))], args=[blob], client=pipe)
                 n += 1
             if len(pipe) >= batch:
-                self._call(pipe.execute)
-        self._call(pipe.execute)
-        old = self._call(self.client.get, self.pointer)
+                self.call(pipe.execute)
+        self.call(pipe.execute)
+        old = self.call(self.client.get, self.pointer)
         # The switch: one transaction moves the pointer and ends the double writes.
         tx = self.client.pipeline(transaction=True)
         tx.set(f"{self.ns}:{version}:done", 1).set(self.pointer, version).delete(self.pending)
-        self._call(tx.execute)
+        self.call(tx.execute)
         self._version = key
         if old is not None and old.decode() != version:
             self.drop_version(old.decode())
@@ -284,7 +359,7 @@ class RedisStore(OnlineStore):
             raise ValueError(f"{version!r} is the live online state version")
         n = 0
         for key in self.client.scan_iter(match=f"{self.ns}:{version}:*", count=1000):
-            n += self._call(self.client.unlink, key)
+            n += self.call(self.client.unlink, key)
         return n
 
     def health(self) -> dict:

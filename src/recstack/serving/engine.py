@@ -18,6 +18,7 @@ in the same policy re-ranker, so filters and business rules hold whatever served
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -30,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from recstack.online.store import OnlineStateUnavailable, UserHistory, snapshot_history
+from recstack.online.store import (
+    AcceptedEvent,
+    OnlineStateUnavailable,
+    RedisStore,
+    UserHistory,
+    snapshot_history,
+)
 from recstack.policy.rerank import Placed, Request, rerank, stable_hash
 from recstack.policy.schema import Policy
 from recstack.serving.bundle import Bundle, load_bundle
@@ -38,7 +45,7 @@ from recstack.serving.cache import ResultCache
 from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
 from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, EventLog
 from recstack.serving.experiments import active, assign
-from recstack.serving.online import event_time_us, open_store
+from recstack.serving.online import Relay, event_time_us, open_store
 from recstack.serving.schemas import (
     Assignment,
     Explanation,
@@ -151,6 +158,11 @@ class Recommender:
         self.online = open_store(
             self.config.online, bundle, self.log_dir / FEEDBACK_LOG if self.log_dir else None
         )
+        self.relay = (
+            Relay(self.online, bundle, self.config.online, self.log_dir / FEEDBACK_LOG)
+            if isinstance(self.online, RedisStore) and self.log_dir is not None
+            else None
+        )
         self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
         self.metrics = metrics()
         check_model_versions(self.config, self.bundle.card.get("models", {}))
@@ -173,6 +185,8 @@ class Recommender:
 
     def close(self) -> None:
         self.lanes.close()
+        if self.relay is not None:
+            self.relay.stop()
         self.online.close()
         for lg in (self.feedback_log, self.responses_log):
             if lg is not None:
@@ -654,12 +668,16 @@ class Recommender:
             "timestamp": ts.isoformat(),
         }
         self.feedback_log.append(record)  # fsynced: only now may the event be acknowledged
-        if event.event_type in self.config.online.history_events:
+        joins = event.event_type in self.config.online.history_events
+        accepted = AcceptedEvent(
+            ack.event_id, event.user_id, item if joins else 0, event_time_us(ts), json.dumps(record)
+        )
+        if joins or self.online.streams:
             try:
-                self.online.append(event.user_id, item, event_time_us(ts))
-                ack.state_updated = True
+                self.online.accept(accepted)
+                ack.state_updated = joins
             except OnlineStateUnavailable as exc:
-                # Logged durably all the same: the event is not lost, only late for real-time use.
+                # Logged durably all the same: the relay applies it when the backend is back.
                 log.warning("feedback %s logged but not applied to the online state: %s", ack.event_id, exc)
                 self.metrics.fallbacks.labels(reason="online_state_unavailable").inc()
         if self.cache is not None:

@@ -74,3 +74,26 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
             if n == len(lines):  # no trailing newline: the write was cut short
                 return
             raise ValueError(f"{p}:{n} is not a JSON record ({exc})") from None
+
+
+def read_from(path: str | Path, offset: int, max_bytes: int = 4 << 20) -> tuple[list[tuple[dict, int]], int]:
+    """Whole records written after byte ``offset``: ``[(record, offset just past it)]`` and the offset to
+    read from next. A line still being written (no newline yet) is left for the next call; a corrupt
+    complete line raises, naming its offset."""
+    p = Path(path)
+    if not p.exists():
+        return [], offset
+    with p.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read(max_bytes)
+    out = []
+    pos = offset
+    for raw in chunk.split(b"\n")[:-1]:  # the last piece has no newline: incomplete (or empty)
+        end = pos + len(raw) + 1
+        if raw.strip():
+            try:
+                out.append((json.loads(raw), end))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{p} at byte {pos} is not a JSON record ({exc})") from None
+        pos = end
+    return out, pos

@@ -7,16 +7,30 @@ offline funnel does, and every accepted engagement counts in the next request.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from recstack.online.store import EmbeddedStore, OnlineStore, RedisStore, UserHistory, empty_sequences
+from recstack.online.store import (
+    AcceptedEvent,
+    EmbeddedStore,
+    OnlineStateUnavailable,
+    OnlineStore,
+    RedisStore,
+    UserHistory,
+    empty_sequences,
+)
 from recstack.serving.bundle import Bundle
 from recstack.serving.config import OnlineConfig, ServingConfigError
-from recstack.serving.eventlog import read_events
+from recstack.serving.eventlog import read_events, read_from
+
+log = logging.getLogger(__name__)
 
 REDIS_URL_ENV = "RECSTACK_REDIS_URL"
 
@@ -96,3 +110,77 @@ def materialize(
         "replayed_events": replayed,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def accepted_event(bundle: Bundle, config: OnlineConfig, record: dict[str, Any]) -> AcceptedEvent:
+    """The :class:`AcceptedEvent` of a logged feedback record (what the feedback endpoint applied)."""
+    joins = record.get("event_type") in config.history_events
+    item = bundle.item_index(str(record.get("item_id"))) if joins else 0
+    return AcceptedEvent(
+        event_id=str(record["event_id"]),
+        user=str(record["user_id"]),
+        item=item,
+        time_us=event_time_us(datetime.fromisoformat(record["timestamp"])),
+        payload=json.dumps(record),
+    )
+
+
+class Relay:
+    """Catches the Redis state and stream up with the durable feedback log, in a background thread.
+
+    The feedback endpoint applies each event to Redis before acknowledging it; when Redis is down it
+    acknowledges anyway (the log has the event) and the relay applies it once Redis is back. It walks the
+    log from an offset kept in Redis (per host and log file), applying every record idempotently (by event
+    id), so already-applied events cost one check and none is applied twice.
+    """
+
+    def __init__(
+        self, store: RedisStore, bundle: Bundle, config: OnlineConfig, log_path: Path, interval_s: float = 1.0
+    ) -> None:
+        self.store, self.bundle, self.config = store, bundle, config
+        self.log_path, self.interval_s = Path(log_path), interval_s
+        self.offset_key = f"{store.ns}:relay:{socket.gethostname()}:{self.log_path.resolve()}"
+        self.applied = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recstack-relay", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> int:
+        """Apply what the log holds past the stored offset; returns the events newly applied."""
+        raw = self.store.call(self.store.client.get, self.offset_key)
+        offset = int(raw) if raw else 0
+        applied = 0
+        while True:
+            records, end = read_from(self.log_path, offset)
+            if not records:
+                break
+            pipe = self.store.client.pipeline(transaction=False)
+            for record, _ in records:
+                self.store.accept(accepted_event(self.bundle, self.config, record), client=pipe)
+            statuses = self.store.call(pipe.execute)
+            done, blocked = offset, False
+            for (_, past), status in zip(records, statuses, strict=True):
+                if status == 0:  # no materialized state yet: retry from this record later
+                    blocked = True
+                    break
+                applied += status == 1
+                done = past
+            self.store.call(self.store.client.set, self.offset_key, done)
+            if blocked:
+                break
+            offset = end
+        self.applied += applied
+        return applied
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except OnlineStateUnavailable:
+                pass  # Redis is away: the next round tries again
+            except Exception:
+                log.exception("online state relay failed; retrying")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
