@@ -21,10 +21,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Served(str):
+    """The base URL of a running server (a ``str``), with ``pid``: its process group, for crash tests."""
+
+    pid: int
+
+
 @contextmanager
 def bentoml_serve(
     target: str, cwd: Path, env: dict[str, str], log: Path, ready_s: float = 180
-) -> Iterator[str]:
+) -> Iterator[Served]:
     """Serve ``target`` (``module:Service`` in ``cwd``, or a bento tag) and yield its base URL.
 
     Output goes to ``log``; a server that exits or is not ready within ``ready_s`` raises with the log's
@@ -57,11 +63,15 @@ def bentoml_serve(
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.5)
-            yield base
+            served = Served(base)
+            served.pid = proc.pid
+            yield served
         finally:
-            os.killpg(proc.pid, 15)
             try:
+                os.killpg(proc.pid, 15)
                 proc.wait(timeout=20)
+            except ProcessLookupError:  # already gone (a test killed it)
+                proc.wait()
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
                 proc.wait()
