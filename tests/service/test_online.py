@@ -268,3 +268,30 @@ def test_relay_applies_events_accepted_while_redis_was_down(loaded_bundle, tmp_p
             consumer.close()
     finally:
         rec.close()
+
+
+def test_workers_sharing_a_log_see_each_others_feedback(online_engine: Recommender) -> None:
+    """Two workers (engines) on one log and one backend: feedback accepted by one changes the other's
+    next answer too, cached or not (the cache key holds the user's state)."""
+    rec, b = online_engine, online_engine.bundle
+    cfg = rec.config
+    other = Recommender(b, config=cfg, log_dir=rec.log_dir)
+    try:
+        user = str(b.tables.spec.user_id.values[15])
+        first = other.recommend(RecommendRequest(user_id=user, k=10))
+        assert other.recommend(RecommendRequest(user_id=user, k=10)).cached
+        clicked = _ids(first)[0]
+        ack = _feedback(rec, user, clicked)  # accepted by the first worker
+        assert ack.state_updated
+        if other.relay is not None and not rec.online.streams:
+            other.relay.run_once()  # the follower's next round (every 0.1 s), without waiting for it
+        h = other.online.histories([user])[0]
+        assert h.items[-1] == b.item_index(clicked)
+        after = other.recommend(RecommendRequest(user_id=user, k=10))
+        assert not after.cached and clicked not in _ids(after)
+        # Its own events are not applied twice by its follower.
+        if other.relay is not None and not rec.online.streams:
+            rec.relay.run_once()
+            assert len(rec.online.histories([user])[0]) == len(h)
+    finally:
+        other.close()

@@ -139,6 +139,8 @@ class EmbeddedStore(OnlineStore):
     def __init__(self, snapshot: Sequences, user_index: Callable[[str], int]) -> None:
         self.snapshot, self.user_index = snapshot, user_index
         self._recent: dict[str, list[tuple[int, int]]] = {}
+        self._applied: set[str] = set()  # ids applied by this worker that its log follower has not met yet
+        self.replayed_to = 0  # feedback log offset replayed at start (see serving.online.open_store)
         self._lock = threading.Lock()
 
     def base(self, user: str) -> UserHistory:
@@ -156,6 +158,25 @@ class EmbeddedStore(OnlineStore):
                 base = UserHistory(np.concatenate([base.items, items]), np.concatenate([base.times, times]))
             out.append(base)
         return out
+
+    def accept(self, event: AcceptedEvent) -> bool:
+        """Apply ``event`` unless it was already (the log follower meets this worker's own events too)."""
+        with self._lock:
+            if event.event_id in self._applied:
+                self._applied.discard(event.event_id)  # met once more at most: by the follower
+                return False
+            self._applied.add(event.event_id)
+        if event.item > 0:
+            self.append(event.user, event.item, event.time_us)
+        return True
+
+    def forget_applied(self, event_id: str) -> bool:
+        """For the log follower: True (and forgotten) when ``event_id`` was applied here already."""
+        with self._lock:
+            if event_id in self._applied:
+                self._applied.discard(event_id)
+                return True
+            return False
 
     def recent(self) -> dict[str, UserHistory]:
         """The events accepted since the snapshot, by user."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -82,3 +83,69 @@ class ResultCache:
             keys.discard(full)
             if not keys:
                 del self._by_user[full[0]]
+
+
+class SharedResultCache:
+    """The second cache tier: responses in Redis, shared by every worker and replica.
+
+    Keys are ``{namespace}:cache:{user}:{digest of the key}``, so forgetting a user can find theirs; each
+    lives ``ttl * (1 +- jitter)`` seconds. A Redis error is a miss (the answer is computed), never a
+    failed request.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str,
+        ttl_seconds: float,
+        jitter: float,
+        decode: Callable[[bytes], Any],
+        seed: int | None = None,
+    ) -> None:
+        import redis
+
+        self.client, self.ns, self.ttl, self.jitter, self._decode = (
+            client,
+            namespace,
+            ttl_seconds,
+            jitter,
+            decode,
+        )
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._rng = random.Random(seed)
+        self.hits = self.misses = self.errors = 0
+
+    def _key(self, user: str, key: Hashable) -> str:
+        return f"{self.ns}:cache:{user}:{hashlib.sha1(repr(key).encode()).hexdigest()}"
+
+    def get(self, user: str, key: Hashable) -> Any | None:
+        try:
+            raw = self.client.get(self._key(user, key))
+        except self._errors:
+            self.errors += 1
+            return None
+        if raw is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return self._decode(raw)
+
+    def put(self, user: str, key: Hashable, value: Any) -> None:
+        ttl_ms = int(1000 * self.ttl * (1 + self.jitter * (2 * self._rng.random() - 1)))
+        try:
+            self.client.set(self._key(user, key), value.model_dump_json(), px=max(ttl_ms, 1))
+        except self._errors:
+            self.errors += 1
+
+    def invalidate_user(self, user: str) -> int:
+        """Delete every entry of ``user`` (forgetting them); returns how many."""
+        n = 0
+        for k in self.client.scan_iter(match=f"{self.ns}:cache:{user}:*", count=1000):
+            n += self.client.unlink(k)
+        return n
+
+    def clear(self) -> int:
+        n = 0
+        for k in self.client.scan_iter(match=f"{self.ns}:cache:*", count=1000):
+            n += self.client.unlink(k)
+        return n

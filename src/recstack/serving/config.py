@@ -106,6 +106,11 @@ class Cache(_Strict):
         0.2, ge=0.0, lt=1.0, description="TTL spread (+-fraction) so entries do not expire together"
     )
     max_entries: int = Field(100_000, ge=1)
+    shared: bool = Field(
+        True,
+        description="with the Redis online state, a second tier in Redis shared by every worker and replica "
+        "(the in-process one stays first)",
+    )
 
 
 class Variant(_Strict):

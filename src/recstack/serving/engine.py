@@ -41,11 +41,11 @@ from recstack.online.store import (
 from recstack.policy.rerank import Placed, Request, rerank, stable_hash
 from recstack.policy.schema import Policy
 from recstack.serving.bundle import Bundle, load_bundle
-from recstack.serving.cache import ResultCache
+from recstack.serving.cache import ResultCache, SharedResultCache
 from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
 from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, EventLog
 from recstack.serving.experiments import active, assign
-from recstack.serving.online import Relay, event_time_us, open_store
+from recstack.serving.online import LogFollower, Relay, event_time_us, open_store
 from recstack.serving.schemas import (
     Assignment,
     Explanation,
@@ -158,9 +158,21 @@ class Recommender:
         self.online = open_store(
             self.config.online, bundle, self.log_dir / FEEDBACK_LOG if self.log_dir else None
         )
-        self.relay = (
-            Relay(self.online, bundle, self.config.online, self.log_dir / FEEDBACK_LOG)
-            if isinstance(self.online, RedisStore) and self.log_dir is not None
+        # A thread keeps the state in step with the shared log: Redis catches up with events it missed,
+        # the embedded store takes the events other workers accepted.
+        self.relay: Relay | LogFollower | None = None
+        if self.log_dir is not None:
+            follow = Relay if isinstance(self.online, RedisStore) else LogFollower
+            self.relay = follow(self.online, bundle, self.config.online, self.log_dir / FEEDBACK_LOG)
+        self.shared_cache = (
+            SharedResultCache(
+                self.online.client,
+                self.online.ns,
+                c.ttl_seconds,
+                c.jitter,
+                RecommendResponse.model_validate_json,
+            )
+            if c.enabled and c.shared and isinstance(self.online, RedisStore)
             else None
         )
         self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
@@ -241,6 +253,8 @@ class Recommender:
         t0 = time.perf_counter()
         self._check(req)
         experiment, variant, seed = self._assign(req)
+        warnings: list[str] = []
+        history = self._history(req.user_id, self.bundle.user_index(req.user_id), warnings)
         key = (
             req.surface,
             req.k,
@@ -251,9 +265,18 @@ class Recommender:
             req.explain,
             seed,
             variant.name if variant else None,
+            # The user's state: an answer computed before their latest event is never served again, in
+            # any worker or replica, whatever its TTL (feedback also drops this worker's entries at once).
+            len(history),
+            history.last_time(),
+            bool(warnings),  # an answer from the snapshot (online state down) is not kept for later
         )
         if self.cache is not None:
             cached = self.cache.get(req.user_id, key)
+            if cached is None and self.shared_cache is not None:
+                cached = self.shared_cache.get(req.user_id, key)
+                if cached is not None:
+                    self.cache.put(req.user_id, key, cached)
             self.metrics.cache.labels(result="hit" if cached is not None else "miss").inc()
             self.metrics.cache_hit_ratio.set(self.cache.hit_ratio())
             if cached is not None:
@@ -261,7 +284,7 @@ class Recommender:
                     update={"request_id": uuid.uuid4().hex, "cached": True, "timings_ms": {}}
                 )
                 return _Started(req, t0, key, response=response)
-        plan = self._plan(req, experiment, variant, seed, t0)
+        plan = self._plan(req, experiment, variant, seed, t0, history, warnings)
         job = self._job(plan)
         if job is not None:
             self.lanes.submit(job)
@@ -274,6 +297,8 @@ class Recommender:
             raise RuntimeError("a request finished without a response")  # a bug, never input
         if started.plan is not None and self.cache is not None:
             self.cache.put(req.user_id, started.key, response)
+            if self.shared_cache is not None:
+                self.shared_cache.put(req.user_id, started.key, response)
         total = time.perf_counter() - started.t0
         response.timings_ms["total"] = round(total * 1000, 3)
         self.metrics.stage_seconds.labels(stage="total").observe(total)
@@ -289,7 +314,11 @@ class Recommender:
         for req in requests:
             self._check(req)
         t0 = time.perf_counter()
-        plans = [self._plan(req, *self._assign(req), t0) for req in requests]
+        plans = []
+        for req in requests:
+            warnings: list[str] = []
+            history = self._history(req.user_id, self.bundle.user_index(req.user_id), warnings)
+            plans.append(self._plan(req, *self._assign(req), t0, history, warnings))
         jobs = [self._job(p) for p in plans]
         batch = [j for j in jobs if j is not None]
         if batch:
@@ -319,12 +348,17 @@ class Recommender:
         )
 
     def _plan(
-        self, req: RecommendRequest, experiment: str | None, variant: Variant | None, seed: int, t0: float
+        self,
+        req: RecommendRequest,
+        experiment: str | None,
+        variant: Variant | None,
+        seed: int,
+        t0: float,
+        history: UserHistory,
+        warnings: list[str],
     ) -> _Plan:
         b, cfg = self.bundle, self.config
-        warnings: list[str] = []
         user = b.user_index(req.user_id)
-        history = self._history(req.user_id, user, warnings)
         current = 0
         if req.current_item_id is not None:
             current = b.item_index(req.current_item_id)

@@ -42,7 +42,8 @@ def event_time_us(ts: datetime) -> int:
 
 def open_store(config: OnlineConfig, bundle: Bundle, feedback_log: Path | None) -> OnlineStore:
     """The configured backend. The embedded one replays ``feedback_log``, so acknowledged events survive
-    a restart; Redis keeps its own state (loaded by :func:`materialize`)."""
+    a restart (its ``replayed_to`` is the log offset replayed); Redis keeps its own state (loaded by
+    :func:`materialize`)."""
     if config.backend == "redis":
         url = config.redis_url or os.environ.get(REDIS_URL_ENV)
         if not url:
@@ -51,9 +52,16 @@ def open_store(config: OnlineConfig, bundle: Bundle, feedback_log: Path | None) 
             )
         return RedisStore(url, config.namespace, config.timeout_ms / 1000)
     store = EmbeddedStore(bundle.sequences, bundle.user_index)
+    offset = 0
     if feedback_log is not None:
-        for record in read_events(feedback_log):
-            apply_record(store, bundle, config, record)
+        while True:
+            records, offset_next = read_from(feedback_log, offset)
+            for record, _ in records:
+                apply_record(store, bundle, config, record)
+            if offset_next == offset:
+                break
+            offset = offset_next
+    store.replayed_to = offset
     return store
 
 
@@ -123,6 +131,52 @@ def accepted_event(bundle: Bundle, config: OnlineConfig, record: dict[str, Any])
         time_us=event_time_us(datetime.fromisoformat(record["timestamp"])),
         payload=json.dumps(record),
     )
+
+
+class LogFollower:
+    """Keeps an embedded store current with the events *other* workers accept (they share the log).
+
+    Every ``interval_s`` it reads the log past its offset and applies each record, skipping this worker's
+    own (already applied when accepted). Other workers' events therefore count here within the interval.
+    """
+
+    def __init__(
+        self,
+        store: EmbeddedStore,
+        bundle: Bundle,
+        config: OnlineConfig,
+        log_path: Path,
+        interval_s: float = 0.1,
+    ) -> None:
+        self.store, self.bundle, self.config = store, bundle, config
+        self.log_path, self.interval_s = Path(log_path), interval_s
+        self.offset = store.replayed_to
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recstack-log-follower", daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> int:
+        """Apply the log's new records from other workers; returns how many were applied."""
+        applied = 0
+        while True:
+            records, end = read_from(self.log_path, self.offset)
+            for record, _ in records:
+                if not self.store.forget_applied(str(record.get("event_id"))):
+                    applied += apply_record(self.store, self.bundle, self.config, record)
+            if end == self.offset:
+                return applied
+            self.offset = end
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("feedback log follower failed; retrying")
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
 
 
 class Relay:
