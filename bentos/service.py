@@ -6,6 +6,9 @@ All the logic is :class:`recstack.serving.Recommender`; this file only maps HTTP
 
 * ``POST /recommend``  ``POST /similar``  ``POST /feedback``  ``GET /healthz``-style ``POST /health``
 * ``GET /metrics``: BentoML's Prometheus metrics plus recstack's (``recstack_*``), under ``bentoml serve``.
+* ``POST /admin/forget`` (``{"user_id"}``), ``/admin/flush_cache``, ``/admin/reload``, ``/admin/materialize``:
+  only with ``Authorization: Bearer $RECSTACK_ADMIN_TOKEN`` (401 without, 403 wrong or no token set).
+  Client endpoints need ``X-API-Key`` when the serving settings name ``api_keys_env``.
 
 Input outside the schema gets 400 (BentoML's validation, naming the field), input outside the configured
 limits 422 (``{"error", "field"}``), an unknown item 404 from /similar; nothing answers 5xx: an unexpected
@@ -17,7 +20,8 @@ run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes,
 each has its own result cache and shares the logs), ``RECSTACK_THREADS`` (requests one worker handles at
 once, default 8), ``RECSTACK_SERVING_OVERRIDES``
 (JSON merged over the packaged serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for
-load tests).
+load tests), ``RECSTACK_REDIS_URL`` (the online state's Redis when ``online.backend`` is ``redis``),
+``RECSTACK_ADMIN_TOKEN`` (enables the admin operations).
 """
 
 from __future__ import annotations
@@ -25,15 +29,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any
 
 import bentoml
 from starlette.responses import JSONResponse, Response
 
+from recstack.online.store import OnlineStateUnavailable
+from recstack.serving.auth import Refusal, check_admin, check_api_key
 from recstack.serving.engine import Recommender, RequestError
 from recstack.serving.schemas import (
     FeedbackAck,
     FeedbackEvent,
+    ForgetRequest,
     RecommendRequest,
     RecommendResponse,
     SimilarRequest,
@@ -52,6 +60,17 @@ def _refused(endpoint: str, exc: RequestError, engine: Recommender) -> JSONRespo
     return JSONResponse({"error": str(exc), "field": exc.field}, status_code=exc.status)
 
 
+def _sent(ctx: bentoml.Context, response: Response) -> Response:
+    # An endpoint that takes the context gets its status from it, even for a ready Response.
+    ctx.response.status_code = response.status_code
+    return response
+
+
+def _refusal(r: Refusal) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if r.status == 401 else None
+    return JSONResponse({"error": r.error}, status_code=r.status, headers=headers)
+
+
 def _json(model: RecommendResponse | SimilarResponse | FeedbackAck) -> Response:
     # A ready Response skips BentoML's output conversion, which builds the model's JSON schema on every
     # call (to pick a media type): 2-3 % of a request's CPU.
@@ -66,45 +85,111 @@ class Recstack:
         import torch
 
         torch.set_num_threads(int(os.environ.get("RECSTACK_TORCH_THREADS", "1")))
+        self.engine = self._load(self.bundle.path)
+        self._reloading = threading.Lock()
+
+    @staticmethod
+    def _load(path: str) -> Recommender:
         overrides = os.environ.get("RECSTACK_SERVING_OVERRIDES")
-        self.engine = Recommender.load(
-            self.bundle.path,
+        return Recommender.load(
+            path,
             log_dir=os.environ.get("RECSTACK_LOG_DIR", "recstack-logs"),
             overrides=json.loads(overrides) if overrides else None,
         )
 
+    def _current(self) -> Recommender:
+        """The engine; after an admin reload (asked of any worker), a new one is loaded in the background
+        from the model store's current ``RECSTACK_MODEL`` while this one keeps serving."""
+        engine = self.engine
+        if engine.reload_requested and self._reloading.acquire(blocking=False):
+            engine.reload_requested = False
+            threading.Thread(target=self._reload, args=(engine,), daemon=True).start()
+        return engine
+
+    def _reload(self, old: Recommender) -> None:
+        try:
+            self.engine = self._load(bentoml.models.get(MODEL_TAG).path)
+            log.info("models reloaded: %s", self.engine.bundle.card.get("models"))
+            threading.Timer(30.0, old.close).start()  # requests still on the old engine finish first
+        except Exception:
+            log.exception("reload failed; the previous models keep serving")
+        finally:
+            self._reloading.release()
+
+    def _client_refusal(self, ctx: bentoml.Context) -> JSONResponse | None:
+        refusal = check_api_key(ctx.request.headers, self.engine.config.api_keys_env)
+        return _refusal(refusal) if refusal else None
+
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    async def recommend(self, **fields: Any) -> RecommendResponse:
+    async def recommend(self, ctx: bentoml.Context, **fields: Any) -> RecommendResponse:
         # A coroutine, not a thread-pool endpoint: the model stages run on the engine's lanes, so a
         # request only awaits them (planning and the policy are short enough for the event loop), and
         # no thread per waiting request competes for the GIL (~1 ms of CPU per request at concurrency 8).
+        if refused := self._client_refusal(ctx):
+            return _sent(ctx, refused)
+        engine = self._current()
         request = RecommendRequest.model_construct(**fields)
         try:
-            return _json(await self.engine.recommend_async(request))
+            return _sent(ctx, _json(await engine.recommend_async(request)))
         except RequestError as exc:
-            return _refused("recommend", exc, self.engine)
+            return _sent(ctx, _refused("recommend", exc, engine))
         except Exception:
             log.exception("recommend failed; serving the emergency list")
-            return _json(self.engine.emergency(request))
+            return _sent(ctx, _json(engine.emergency(request)))
 
     @bentoml.api(route="/similar", input_spec=SimilarRequest)
-    def similar(self, **fields: Any) -> SimilarResponse:
+    def similar(self, ctx: bentoml.Context, **fields: Any) -> SimilarResponse:
+        if refused := self._client_refusal(ctx):
+            return _sent(ctx, refused)
+        engine = self._current()
         try:
-            return _json(self.engine.similar(SimilarRequest.model_construct(**fields)))
+            return _sent(ctx, _json(engine.similar(SimilarRequest.model_construct(**fields))))
         except RequestError as exc:
-            return _refused("similar", exc, self.engine)
+            return _sent(ctx, _refused("similar", exc, engine))
 
     @bentoml.api(route="/feedback", input_spec=FeedbackEvent)
-    def feedback(self, **fields: Any) -> FeedbackAck:
+    def feedback(self, ctx: bentoml.Context, **fields: Any) -> FeedbackAck:
+        if refused := self._client_refusal(ctx):
+            return _sent(ctx, refused)
+        engine = self._current()
         try:
-            return _json(self.engine.feedback(FeedbackEvent.model_construct(**fields)))
+            return _sent(ctx, _json(engine.feedback(FeedbackEvent.model_construct(**fields))))
         except RequestError as exc:
-            return _refused("feedback", exc, self.engine)
+            return _sent(ctx, _refused("feedback", exc, engine))
         except OSError as exc:
             # Not written, so not acknowledged: the client must retry (the event is not lost silently).
             log.exception("feedback could not be stored")
-            return JSONResponse({"error": f"event not stored, retry: {exc.strerror}"}, status_code=503)
+            return _sent(
+                ctx, JSONResponse({"error": f"event not stored, retry: {exc.strerror}"}, status_code=503)
+            )
 
     @bentoml.api(route="/health")
     def health(self) -> dict:
-        return self.engine.health()
+        return self._current().health()
+
+    # ------------------------------------------------------------------------------- admin operations
+
+    def _admin(self, ctx: bentoml.Context, operation: Any) -> Response:
+        if refusal := check_admin(ctx.request.headers):
+            return _sent(ctx, _refusal(refusal))
+        try:
+            return _sent(ctx, JSONResponse(operation(self._current())))
+        except OnlineStateUnavailable as exc:
+            return _sent(ctx, JSONResponse({"error": f"online state unavailable: {exc}"}, status_code=503))
+
+    @bentoml.api(route="/admin/forget", input_spec=ForgetRequest)
+    def admin_forget(self, ctx: bentoml.Context, **fields: Any) -> dict:
+        user_id = ForgetRequest.model_construct(**fields).user_id
+        return self._admin(ctx, lambda e: e.forget_user(user_id))
+
+    @bentoml.api(route="/admin/flush_cache")
+    def admin_flush_cache(self, ctx: bentoml.Context) -> dict:
+        return self._admin(ctx, lambda e: e.flush_cache())
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self, ctx: bentoml.Context) -> dict:
+        return self._admin(ctx, lambda e: e.request_reload())
+
+    @bentoml.api(route="/admin/materialize")
+    def admin_materialize(self, ctx: bentoml.Context) -> dict:
+        return self._admin(ctx, lambda e: e.rematerialize())

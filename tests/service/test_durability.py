@@ -1,5 +1,6 @@
-"""kill -9 of a real ``bentoml serve`` (Redis online state) while a load generator sends feedback: after a
-restart, every acknowledged event is in the durable log and in the Redis stream exactly once."""
+"""kill -9 of a real ``bentoml serve`` (Redis online state, API keys on) while a load generator sends
+feedback: after a restart, every acknowledged event is in the durable log and in the Redis stream exactly
+once. The same server shows the API key and admin token checks, and that the token is never logged."""
 
 from __future__ import annotations
 
@@ -25,13 +26,16 @@ from tests.conftest import PROJECT_ROOT
 
 SENDERS = 4
 LOAD_S = 3.0
+API_KEY = "client-key-2"
+API_HEADERS = {"X-API-Key": API_KEY}
+ADMIN_TOKEN = "admin-token-never-logged"
 
 
 def _send_until_refused(
     base: str, users: list[str], items: list[str], acked: list[str], sent: list[int]
 ) -> None:
     """One load-generator thread: feedback events until the server stops answering."""
-    with httpx.Client(base_url=base, timeout=10) as c:
+    with httpx.Client(base_url=base, timeout=10, headers={"X-API-Key": API_KEY}) as c:
         n = 0
         while True:
             event = {
@@ -62,12 +66,23 @@ def test_kill_9_loses_no_acknowledged_event(bento_store: Path, loaded_bundle, tm
             "RECSTACK_LOG_DIR": str(logs),
             "RECSTACK_MODEL": "recstack-funnel:test",
             "RECSTACK_SERVING_OVERRIDES": json.dumps(
-                {"online": {"backend": "redis", "redis_url": url, "namespace": "k"}}
+                {
+                    "online": {"backend": "redis", "redis_url": url, "namespace": "k"},
+                    "api_keys_env": "RECSTACK_TEST_API_KEYS",
+                }
             ),
+            "RECSTACK_TEST_API_KEYS": f"client-key-1,{API_KEY}",
+            "RECSTACK_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         acked: list[str] = []
         sent: list[int] = []
         with bentoml_serve("service:Recstack", PROJECT_ROOT / "bentos", env, tmp_path / "a.out") as base:
+            body = {"user_id": users[0], "k": 3}
+            assert httpx.post(f"{base}/recommend", json=body).status_code == 401
+            assert httpx.post(f"{base}/recommend", json=body, headers={"X-API-Key": "x"}).status_code == 403
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            assert httpx.post(f"{base}/admin/flush_cache", json={}, headers=admin).status_code == 200
+            assert httpx.post(f"{base}/admin/flush_cache", json={}, headers=API_HEADERS).status_code == 401
             threads = [
                 threading.Thread(target=_send_until_refused, args=(base, users, items, acked, sent))
                 for _ in range(SENDERS)
@@ -104,6 +119,8 @@ def test_kill_9_loses_no_acknowledged_event(bento_store: Path, loaded_bundle, tm
         "an acknowledged event is missing from the stream or repeated"
     )
     assert max(in_log.values()) == 1 and max(in_stream.values()) == 1  # nothing twice, acknowledged or not
+    for out in ("a.out", "b.out"):
+        assert ADMIN_TOKEN not in (tmp_path / out).read_text()  # the token is never logged
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import polars as pl
 
 from recstack.data.adapters import load_source
 from recstack.data.io import write_canonical
-from recstack.data.schema import DataError
+from recstack.data.schema import USER_ID, DataError, RawData
 from recstack.data.validate import ValidationReport, validate
 
 REPORT_FILE = "validation_report.json"
@@ -57,6 +58,7 @@ def ingest(
     max_bad_fraction: float = 0.01,
     as_of: str | datetime | None = None,
     future_tolerance_hours: float = 24.0,
+    deletion_list: str | Path | None = None,
 ) -> IngestResult:
     """Read ``source`` at ``path``, validate it and write the clean canonical dataset to ``out_dir``.
 
@@ -72,12 +74,18 @@ def ingest(
         max_bad_fraction: fail when any table has a larger fraction of bad rows.
         as_of: reference "now" for the future-timestamp check (ISO date); default the current time.
         future_tolerance_hours: clock skew tolerated beyond ``as_of``.
+        deletion_list: users to leave out entirely (their events and attributes): the service's deletion
+            list (JSON lines with ``user_id``, as the admin "forget" operation writes) or plain lines of
+            user ids. Missing file = nobody.
 
     Raises:
         IngestError: validation failed; the message names the problems, the report and the quarantine.
         DataError: the source cannot be read at all.
     """
     raw = load_source(source, path, **(options or {}))
+    forgotten = read_deletion_list(deletion_list) if deletion_list is not None else set()
+    if forgotten:
+        raw = drop_users(raw, forgotten)
     result = validate(
         raw,
         max_bad_fraction=max_bad_fraction,
@@ -93,7 +101,13 @@ def ingest(
     report_path.write_text(result.report.model_dump_json(indent=2) + "\n")
     if not result.report.passed:
         raise IngestError(result.report.failure_message(str(report_path), str(qdir)))
-    info = {"source": source, "path": str(path), "options": options or {}, "rows": result.report.clean_stats}
+    info = {
+        "source": source,
+        "path": str(path),
+        "options": options or {},
+        "rows": result.report.clean_stats,
+        "forgotten_users": len(forgotten),
+    }
     write_canonical(result.data, out, info=info)
     return IngestResult(out_dir=out, report=result.report)
 
@@ -107,6 +121,47 @@ def problem_table(report: ValidationReport) -> pl.DataFrame:
     ]
     schema = {"table": pl.String, "problem": pl.String, "kind": pl.String, "count": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
+
+
+def read_deletion_list(path: str | Path) -> set[str]:
+    """User ids of a deletion list: JSON lines with ``user_id`` (other operations ignored) or plain ids."""
+    p = Path(path)
+    if not p.exists():
+        return set()
+    out: set[str] = set()
+    for n, line in enumerate(p.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{p}:{n} is not a JSON record ({exc})") from None
+            if record.get("op", "forget") == "forget":
+                if "user_id" not in record:
+                    raise DataError(f"{p}:{n} has no user_id")
+                out.add(str(record["user_id"]))
+        else:
+            out.add(line)
+    return out
+
+
+def drop_users(raw: RawData, users: set[str]) -> RawData:
+    """``raw`` without any row of ``users`` (ids compared as strings, as the service receives them)."""
+    gone = pl.Series("gone", sorted(users), dtype=pl.String)
+
+    def keep(frame: pl.LazyFrame | None) -> pl.LazyFrame | None:
+        if frame is None:
+            return None
+        return frame.filter(~pl.col(USER_ID).cast(pl.String).is_in(gone.implode()))
+
+    return replace(
+        raw,
+        interactions=keep(raw.interactions),
+        users=keep(raw.users),
+        notes=[*raw.notes, f"{len(users)} users on the deletion list were left out"],
+    )
 
 
 def ingest_metrics(report: ValidationReport) -> dict[str, Any]:

@@ -124,6 +124,10 @@ class OnlineStore(ABC):
     def append(self, user: str, item: int, time_us: int) -> None:
         """Record that ``user`` engaged with item index ``item`` at ``time_us``; visible to the next read."""
 
+    @abstractmethod
+    def forget(self, user: str) -> None:
+        """Remove every event of ``user`` from the online state, snapshot included, now."""
+
     def health(self) -> dict:
         return {"backend": self.name, "available": True}
 
@@ -141,11 +145,19 @@ class EmbeddedStore(OnlineStore):
         self._recent: dict[str, list[tuple[int, int]]] = {}
         self._applied: set[str] = set()  # ids applied by this worker that its log follower has not met yet
         self.replayed_to = 0  # feedback log offset replayed at start (see serving.online.open_store)
+        self._forgotten: set[str] = set()  # the snapshot is read-only: their events are masked instead
         self._lock = threading.Lock()
 
     def base(self, user: str) -> UserHistory:
-        """The snapshot's events of ``user`` (no copy)."""
+        """The snapshot's events of ``user`` (no copy); nothing for a forgotten user."""
+        if user in self._forgotten:
+            return UserHistory.empty()
         return snapshot_history(self.snapshot, self.user_index(user))
+
+    def forget(self, user: str) -> None:
+        with self._lock:
+            self._forgotten.add(user)
+            self._recent.pop(user, None)
 
     def histories(self, users: Sequence[str]) -> list[UserHistory]:
         out = []
@@ -352,10 +364,13 @@ class RedisStore(OnlineStore):
             raise ValueError(f"online state version {version!r} already exists in {self.url}")
         self.call(self.client.set, self.pending, version)
         recent = since_snapshot() if since_snapshot is not None else {}
+        forgotten = {m.decode() for m in self.call(self.client.smembers, self.forgotten)}
         n = 0
         pipe = self.client.pipeline(transaction=False)
         key = version.encode()
         for u, uid in enumerate([*user_ids, *(r for r in recent if r not in set(user_ids))], start=1):
+            if uid in forgotten:
+                continue
             h = snapshot_history(snapshot, u) if u <= len(user_ids) else UserHistory.empty()
             blob = h.to_bytes() + (recent[uid].to_bytes() if uid in recent else b"")
             if blob:
@@ -373,6 +388,20 @@ class RedisStore(OnlineStore):
         if old is not None and old.decode() != version:
             self.drop_version(old.decode())
         return n
+
+    def forget(self, user: str) -> None:
+        """Delete the user's events in the live and pending versions, and keep them out of later loads."""
+        live, pending = self.call(self.client.mget, [self.pointer, self.pending])
+        tx = self.client.pipeline(transaction=True)
+        for v in {live, pending} - {None}:
+            tx.delete(self._key(v, user))
+        tx.sadd(self.forgotten, user)
+        self.call(tx.execute)
+
+    @property
+    def forgotten(self) -> str:
+        """Users forgotten since the last load (the next snapshot no longer holds them)."""
+        return f"{self.ns}:forgotten"
 
     def drop_version(self, version: str) -> int:
         """Delete every key of an old version (not the live one); returns how many."""

@@ -169,6 +169,12 @@ class ServingConfig(_Strict):
     cache: Cache = Field(default_factory=Cache)
     experiments: list[Experiment] = Field(default_factory=list)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+    api_keys_env: str | None = Field(
+        None,
+        pattern=r"^[A-Z_][A-Z0-9_]{0,63}$",
+        description="when set, /recommend, /similar and /feedback need an 'X-API-Key' header holding one of "
+        "the comma-separated keys in this environment variable (401 without, 403 wrong)",
+    )
     stage_threads: int = Field(
         1,
         ge=1,

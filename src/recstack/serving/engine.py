@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ import numpy as np
 
 from recstack.online.store import (
     AcceptedEvent,
+    EmbeddedStore,
     OnlineStateUnavailable,
     RedisStore,
     UserHistory,
@@ -43,9 +45,17 @@ from recstack.policy.schema import Policy
 from recstack.serving.bundle import Bundle, load_bundle
 from recstack.serving.cache import ResultCache, SharedResultCache
 from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
-from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, EventLog
+from recstack.serving.eventlog import (
+    ADMIN_LOG,
+    DELETION_LIST,
+    DELETION_LIST_ENV,
+    FEEDBACK_LOG,
+    RESPONSES_LOG,
+    EventLog,
+    Tailer,
+)
 from recstack.serving.experiments import active, assign
-from recstack.serving.online import LogFollower, Relay, event_time_us, open_store
+from recstack.serving.online import LogFollower, Relay, event_time_us, materialize, open_store
 from recstack.serving.schemas import (
     Assignment,
     Explanation,
@@ -176,6 +186,23 @@ class Recommender:
             else None
         )
         self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
+        self.started_at = time.time()
+        self.reload_requested = False  # an admin reload (from any worker): the service swaps engines
+        self.admin_log = EventLog(self.log_dir / ADMIN_LOG) if self.log_dir else None
+        deletions = os.environ.get(DELETION_LIST_ENV) or (
+            self.log_dir / DELETION_LIST if self.log_dir else None
+        )
+        self.deletions = EventLog(deletions) if deletions else None
+        self.forgotten: set[str] = set()
+        # Every worker applies the operations any of them accepted (and, at start, the forgotten users).
+        self._tailers = (
+            [
+                Tailer(self.deletions.path, self._apply_admin, name="recstack-deletions"),
+                Tailer(self.log_dir / ADMIN_LOG, self._apply_admin, name="recstack-admin"),
+            ]
+            if self.log_dir and self.deletions
+            else []
+        )
         self.metrics = metrics()
         check_model_versions(self.config, self.bundle.card.get("models", {}))
 
@@ -197,6 +224,8 @@ class Recommender:
 
     def close(self) -> None:
         self.lanes.close()
+        for t in self._tailers:
+            t.stop()
         if self.relay is not None:
             self.relay.stop()
         self.online.close()
@@ -254,7 +283,7 @@ class Recommender:
         self._check(req)
         experiment, variant, seed = self._assign(req)
         warnings: list[str] = []
-        history = self._history(req.user_id, self.bundle.user_index(req.user_id), warnings)
+        history = self._history(req.user_id, self._user_index(req.user_id), warnings)
         key = (
             req.surface,
             req.k,
@@ -317,7 +346,7 @@ class Recommender:
         plans = []
         for req in requests:
             warnings: list[str] = []
-            history = self._history(req.user_id, self.bundle.user_index(req.user_id), warnings)
+            history = self._history(req.user_id, self._user_index(req.user_id), warnings)
             plans.append(self._plan(req, *self._assign(req), t0, history, warnings))
         jobs = [self._job(p) for p in plans]
         batch = [j for j in jobs if j is not None]
@@ -331,7 +360,7 @@ class Recommender:
 
     def emergency(self, req: RecommendRequest) -> RecommendResponse:
         """Last resort after an unexpected error: global popular items the user has not seen, no policy."""
-        user = self.bundle.user_index(req.user_id)
+        user = self._user_index(req.user_id)
         seen = self.bundle.seen(user)
         items = self.bundle.popular.global_items
         items = items[~np.isin(items, seen)][: min(req.k, self.config.limits.max_k)]
@@ -358,7 +387,7 @@ class Recommender:
         warnings: list[str],
     ) -> _Plan:
         b, cfg = self.bundle, self.config
-        user = b.user_index(req.user_id)
+        user = self._user_index(req.user_id)
         current = 0
         if req.current_item_id is not None:
             current = b.item_index(req.current_item_id)
@@ -381,6 +410,11 @@ class Recommender:
             deadline=t0 + cfg.budgets.total_ms / 1000,
             warnings=warnings,
         )
+
+    def _user_index(self, user_id: str) -> int:
+        """The user's index in the models; 0 (unknown) once forgotten: their id embedding was learned
+        from the events they asked to delete, so it is not used until the models are retrained."""
+        return 0 if user_id in self.forgotten else self.bundle.user_index(user_id)
 
     def _history(self, user_id: str, user: int, warnings: list[str]) -> UserHistory:
         """The user's events from the online state; when it cannot be read, the bundle's snapshot (the
@@ -718,6 +752,73 @@ class Recommender:
             self.cache.invalidate_user(event.user_id)
         self.metrics.feedback.labels(event_type=event.event_type).inc()
         return ack
+
+    # ------------------------------------------------------------------------------------------ admin
+
+    def forget_user(self, user_id: str) -> dict[str, Any]:
+        """Remove the user's online state and cached results now, in every worker, and put them on the
+        deletion list that the next ingest honours (their events leave the training data)."""
+        if self.deletions is None:
+            raise RuntimeError("this recommender has no log directory: a deletion cannot be recorded")
+        record = {"op": "forget", "user_id": user_id, "at": datetime.now(UTC).isoformat()}
+        self.deletions.append(record)  # durable first: a crash now still forgets them at the next start
+        if isinstance(self.online, RedisStore):
+            self.online.forget(user_id)
+        removed = self._apply_admin(record)
+        if self.shared_cache is not None:
+            removed += self.shared_cache.invalidate_user(user_id)
+        return {"user_id": user_id, "forgotten": True, "cache_entries_removed": removed}
+
+    def flush_cache(self) -> dict[str, Any]:
+        """Empty the result caches of every worker (and the shared tier)."""
+        n = self._admin({"op": "flush_cache"})
+        if self.shared_cache is not None:
+            n += self.shared_cache.clear()
+        return {"flushed": True, "entries_removed": n}
+
+    def request_reload(self) -> dict[str, Any]:
+        """Ask every worker to reload its models from the model store (the service swaps engines)."""
+        self._admin({"op": "reload"})
+        return {"reload_requested": True}
+
+    def rematerialize(self) -> dict[str, Any]:
+        """Rebuild the online state from the bundle's snapshot and the feedback log: a new Redis version
+        behind its pointer, or (embedded) a fresh store in this worker."""
+        log_path = self.log_dir / FEEDBACK_LOG if self.log_dir else None
+        if isinstance(self.online, RedisStore):
+            return materialize(self.bundle, self.online.url, self.online.ns, feedback_log=log_path)
+        start = time.perf_counter()
+        fresh = open_store(self.config.online, self.bundle, log_path)
+        self.online = fresh
+        for t in self._tailers[:1]:
+            t.offset = 0
+            t.run_once()  # forgotten users stay forgotten in the fresh store
+        if isinstance(self.relay, LogFollower):
+            self.relay.store, self.relay.offset = fresh, fresh.replayed_to
+        return {"backend": "embedded", "seconds": round(time.perf_counter() - start, 3)}
+
+    def _admin(self, record: dict[str, Any]) -> int:
+        record = {**record, "at": datetime.now(UTC).isoformat()}
+        if self.admin_log is not None:
+            self.admin_log.append(record)
+        return self._apply_admin(record)
+
+    def _apply_admin(self, record: dict[str, Any]) -> int:
+        """Apply an admin record here (every worker tails the logs); returns cache entries removed."""
+        op = record.get("op")
+        if op == "forget":
+            user = str(record["user_id"])
+            self.forgotten.add(user)
+            if isinstance(self.online, EmbeddedStore):  # Redis forgets once, for all (forget_user)
+                self.online.forget(user)
+            return self.cache.invalidate_user(user) if self.cache is not None else 0
+        if op == "flush_cache" and self.cache is not None:
+            n = len(self.cache)
+            self.cache.clear()
+            return n
+        if op == "reload" and datetime.fromisoformat(record["at"]).timestamp() > self.started_at:
+            self.reload_requested = True
+        return 0
 
     # ----------------------------------------------------------------------------------------- health
 

@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 FEEDBACK_LOG = "feedback.jsonl"
 RESPONSES_LOG = "responses.jsonl"
+# Users forgotten by the admin operation: the next ingest drops their events (its deletion list).
+DELETION_LIST = "deletion_list.jsonl"
+DELETION_LIST_ENV = "RECSTACK_DELETION_LIST"  # put it elsewhere, e.g. the project's data/deletion_list.jsonl
+# Admin operations every worker applies (flush the cache, reload the models).
+ADMIN_LOG = "admin.jsonl"
 
 
 class EventLog:
@@ -97,3 +103,47 @@ def read_from(path: str | Path, offset: int, max_bytes: int = 4 << 20) -> tuple[
                 raise ValueError(f"{p} at byte {pos} is not a JSON record ({exc})") from None
         pos = end
     return out, pos
+
+
+class Tailer:
+    """Calls ``handle(record)`` for every record of a JSONL log, from ``offset`` on, then for each new one
+    as it is appended (checked every ``interval_s`` in a background thread).
+
+    Several workers append to the service's logs; each worker tails them to apply what the others
+    accepted (admin operations, forgotten users)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        handle: Callable[[dict[str, Any]], None],
+        interval_s: float = 0.1,
+        offset: int = 0,
+        name: str = "recstack-tailer",
+    ) -> None:
+        self.path, self.handle, self.interval_s, self.offset = Path(path), handle, interval_s, offset
+        self._stop = threading.Event()
+        self.run_once()  # what is already there counts before the first request
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def run_once(self) -> int:
+        n = 0
+        while True:
+            records, end = read_from(self.path, self.offset)
+            for record, _ in records:
+                self.handle(record)
+                n += 1
+            if end == self.offset:
+                return n
+            self.offset = end
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:
+                logging.getLogger(__name__).exception("tailing %s failed; retrying", self.path)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)

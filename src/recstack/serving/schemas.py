@@ -135,6 +135,12 @@ class FeedbackEvent(_Strict):
     position: int | None = Field(None, ge=1, le=HARD_MAX_K)
 
 
+class ForgetRequest(_Strict):
+    """Admin: forget a user (online state, cached results; the next ingest drops their events)."""
+
+    user_id: Id
+
+
 class FeedbackAck(BaseModel):
     event_id: str
     accepted: bool = True
