@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from recstack.online.store import OnlineStateUnavailable
 from recstack.serving.auth import Refusal, check_admin, check_api_key
 from recstack.serving.engine import Recommender, RequestError
+from recstack.serving.middleware import BodyLimit
 from recstack.serving.schemas import (
     FeedbackAck,
     FeedbackEvent,
@@ -193,3 +194,6 @@ class Recstack:
     @bentoml.api(route="/admin/materialize")
     def admin_materialize(self, ctx: bentoml.Context) -> dict:
         return self._admin(ctx, lambda e: e.rematerialize())
+
+
+Recstack.add_asgi_middleware(BodyLimit)  # 413 before an oversized body is read

@@ -87,6 +87,27 @@ def test_bad_input_gets_a_4xx_naming_the_field(service_client) -> None:
         assert field in r.text, (route, payload, r.text)
     r = c.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.text
+    # Oversized: refused before the body is read, whether it says its length or streams it.
+    event = {
+        "user_id": "1",
+        "item_id": "1",
+        "event_type": "click",
+        "timestamp": NOW,
+        "request_id": "x" * 400_000,
+    }
+    r = c.post("/feedback", json=event)
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+    def chunks():
+        yield b'{"user_id": "1", "k": 3, "device": "'
+        for _ in range(100):
+            yield b"y" * 10_000
+        yield b'"}'
+
+    r = c.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    logged = [e.get("request_id") for e in read_events(c.log_dir / FEEDBACK_LOG)]
+    assert not any(x and len(x) > 64 for x in logged)  # nothing refused was written
 
 
 def test_openapi_lists_every_endpoint(service_client) -> None:
