@@ -295,3 +295,26 @@ def test_workers_sharing_a_log_see_each_others_feedback(online_engine: Recommend
             assert len(rec.online.histories([user])[0]) == len(h)
     finally:
         other.close()
+
+
+def test_engagements_raise_the_items_online_popularity(online_engine: Recommender) -> None:
+    """Clicks on an item count in its popularity windows for the ranker at once (both backends)."""
+    from recstack.ranking.features import POPULARITY_WINDOWS_DAYS
+
+    rec, b = online_engine, online_engine.bundle
+    item = 17
+    item_id = str(b.catalog.item_ids[item])
+    assert len(rec.online.item_activity(np.array([item]))) == 0
+    for u in b.tables.spec.user_id.values.to_list()[:5]:
+        assert _feedback(rec, str(u), item_id).state_updated
+    _feedback(rec, "someone", item_id, event_type="skip")  # not an engagement: does not count
+    activity = rec.online.item_activity(np.array([item, item + 1]))
+    assert activity.weights.sum() == 5 and set(activity.items.tolist()) == {item}
+    now = np.array([[int(datetime.now(UTC).timestamp() * 1_000_000)]])
+    items = np.array([[item, item + 1]])
+    snap = b.ranking_context.timeline.stats(items, now, POPULARITY_WINDOWS_DAYS)
+    counts, first, last, seen = activity.add_to(snap, items, now, POPULARITY_WINDOWS_DAYS)
+    assert first[0, 0] <= last[0, 0]
+    assert (counts[0, 0] - snap[0][0, 0]).tolist() == [5] * (len(POPULARITY_WINDOWS_DAYS) + 1)
+    assert (counts[0, 1] == snap[0][0, 1]).all()  # the other item is untouched
+    assert seen[0, 0] and last[0, 0] > snap[2][0, 0]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from recstack.models.inputs import Sequences
+from recstack.ranking.features import DAY_US, ItemActivity
 
 # One event: item index (int32 is enough for 2 billion items) and time in microseconds since the epoch.
 EVENT_DTYPE = np.dtype([("item", "<i4"), ("time", "<i8")])
@@ -124,6 +125,10 @@ class OnlineStore(ABC):
     def append(self, user: str, item: int, time_us: int) -> None:
         """Record that ``user`` engaged with item index ``item`` at ``time_us``; visible to the next read."""
 
+    def item_activity(self, items: np.ndarray) -> ItemActivity:
+        """Engagements with ``items`` (indices) since the snapshot, for the ranker's item features."""
+        return ItemActivity.empty()
+
     @abstractmethod
     def forget(self, user: str) -> None:
         """Remove every event of ``user`` from the online state, snapshot included, now."""
@@ -146,6 +151,7 @@ class EmbeddedStore(OnlineStore):
         self._applied: set[str] = set()  # ids applied by this worker that its log follower has not met yet
         self.replayed_to = 0  # feedback log offset replayed at start (see serving.online.open_store)
         self._forgotten: set[str] = set()  # the snapshot is read-only: their events are masked instead
+        self._item_times: dict[int, list[int]] = {}  # item -> engagement times since the snapshot
         self._lock = threading.Lock()
 
     def base(self, user: str) -> UserHistory:
@@ -199,6 +205,16 @@ class EmbeddedStore(OnlineStore):
     def append(self, user: str, item: int, time_us: int) -> None:
         with self._lock:
             self._recent.setdefault(user, []).append((item, time_us))
+            self._item_times.setdefault(item, []).append(time_us)
+
+    def item_activity(self, items: np.ndarray) -> ItemActivity:
+        with self._lock:
+            found = [(int(i), list(self._item_times[int(i)])) for i in items if int(i) in self._item_times]
+        if not found:
+            return ItemActivity.empty()
+        its = np.concatenate([np.full(len(t), i, dtype=np.int64) for i, t in found])
+        times = np.concatenate([np.array(t, dtype=np.int64) for _, t in found])
+        return ItemActivity(its, times, np.ones(len(times)))
 
 
 class OnlineStateUnavailable(RuntimeError):
@@ -260,13 +276,27 @@ class RedisStore(OnlineStore):
                     redis.call('DEL', KEYS[3])
                     return 0
                 end
-                if live then redis.call('APPEND', ARGV[1] .. ':' .. live .. ':h:' .. ARGV[2], ARGV[3]) end
-                if pending and pending ~= live then
-                    redis.call('APPEND', ARGV[1] .. ':' .. pending .. ':h:' .. ARGV[2], ARGV[3])
+                for _, v in ipairs({live, pending}) do
+                    if v and (v == live or pending ~= live) then
+                        redis.call('APPEND', ARGV[1] .. ':' .. v .. ':h:' .. ARGV[2], ARGV[3])
+                        redis.call('HINCRBY', ARGV[1] .. ':' .. v .. ':ipop:' .. ARGV[7], ARGV[8], 1)
+                    end
                 end
             end
             redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[4])
             return 1
+            """
+        )
+        # Engagements per item and day since the snapshot, of the live version.
+        self._item_days = self.client.register_script(
+            """
+            local live = redis.call('GET', KEYS[1])
+            if not live then return false end
+            local out = {}
+            for i = 2, #ARGV do
+                out[#out + 1] = redis.call('HGETALL', ARGV[1] .. ':' .. live .. ':ipop:' .. ARGV[i])
+            end
+            return out
             """
         )
         # The snapshot goes before any events appended to the pending version meanwhile (they are newer).
@@ -325,7 +355,17 @@ class RedisStore(OnlineStore):
         """Apply ``event`` once (see :class:`AcceptedEvent`); ``client``: a pipeline to queue it on."""
         keys = [self.pointer, self.pending, f"{self.ns}:seen:{event.event_id}", self.stream]
         blob = event_bytes(event.item, event.time_us) if event.item > 0 else b""
-        args = [self.ns, event.user, blob, event.payload, self.idempotency_ttl_s, self.stream_maxlen]
+        day = event.time_us // DAY_US
+        args = [
+            self.ns,
+            event.user,
+            blob,
+            event.payload,
+            self.idempotency_ttl_s,
+            self.stream_maxlen,
+            event.item,
+            day,
+        ]
         if client is not None:
             self._accept(keys=keys, args=args, client=client)
             return True
@@ -333,6 +373,23 @@ class RedisStore(OnlineStore):
         if status == 0:
             raise OnlineStateUnavailable(f"redis at {self.url} holds no materialized state ({self.pointer})")
         return status == 1
+
+    def item_activity(self, items: np.ndarray) -> ItemActivity:
+        """Daily engagement counts of ``items`` since the snapshot (one round trip), dated at day start."""
+        if not len(items):
+            return ItemActivity.empty()
+        reply = self.call(self._item_days, keys=[self.pointer], args=[self.ns, *[int(i) for i in items]])
+        if not reply:
+            raise OnlineStateUnavailable(f"redis at {self.url} holds no materialized state ({self.pointer})")
+        rows = [
+            (int(item), int(fields[j]), int(fields[j + 1]))
+            for item, fields in zip(items, reply, strict=True)
+            for j in range(0, len(fields), 2)
+        ]
+        if not rows:
+            return ItemActivity.empty()
+        a = np.array(rows, dtype=np.int64)
+        return ItemActivity(a[:, 0], a[:, 1] * DAY_US, a[:, 2].astype(np.float64))
 
     @property
     def pending(self) -> str:

@@ -109,6 +109,74 @@ class ItemTimeline:
 
 
 @dataclass
+class ItemActivity:
+    """Interactions with items since the snapshot (the service's online state), as weighted times.
+
+    ``items`` ``(M,)`` item indices, ``times`` ``(M,)`` us and ``weights`` ``(M,)`` event counts: one row
+    per event (embedded store) or per item and day (Redis keeps daily counts, dated at the day's start).
+    """
+
+    items: np.ndarray
+    times: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def empty(cls) -> ItemActivity:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add_to(
+        self,
+        stats: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        items: np.ndarray,
+        as_of: np.ndarray,
+        windows_days: tuple[int, ...],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`ItemTimeline.stats` of ``items`` ``(B, N)`` as of ``as_of`` ``(B, 1)``, with these events
+        added: window and all-time counts grow, first / latest times widen, ``seen`` may turn on."""
+        counts, first, last, seen = stats
+        active = np.isin(items, self.items)
+        if not active.any():
+            return stats
+        # The timeline trick, with weights: events keyed by item * m + rank of their time among the
+        # distinct times, sorted; cumulative weights then answer "weight of item i up to time t" with
+        # two binary searches per pair.
+        unique_times = np.unique(self.times)
+        m = len(unique_times) + 1
+        keys = self.items * m + np.searchsorted(unique_times, self.times, side="right")
+        order = np.argsort(keys, kind="stable")
+        keys, ev_times = keys[order], self.times[order]
+        cum = np.concatenate([[0.0], np.cumsum(self.weights[order])])
+        pair_items = items[active]
+        t = np.broadcast_to(as_of, items.shape)[active]
+        start = np.searchsorted(keys, pair_items * m, side="left")
+
+        def upto(when: np.ndarray) -> np.ndarray:
+            """Index one past each pair's item's last event at or before ``when``."""
+            r = np.searchsorted(unique_times, when, side="right")
+            return np.searchsorted(keys, pair_items * m + r, side="right")
+
+        end = upto(t)
+        extra = [cum[end] - cum[upto(t - w * DAY_US)] for w in windows_days]
+        extra.append(cum[end] - cum[start])
+        counts = counts.astype(np.float64, copy=True)
+        counts[active] += np.stack(extra, axis=-1)
+        has = end > start
+        first, last, seen = first.copy(), last.copy(), seen.copy()
+        on_first = np.where(has, ev_times[np.minimum(start, len(ev_times) - 1)], np.iinfo(np.int64).max)
+        on_last = np.where(has, ev_times[np.maximum(end - 1, 0)], np.iinfo(np.int64).min)
+        sa = seen[active]
+        first[active] = np.where(
+            sa, np.minimum(first[active], on_first), np.where(has, on_first, first[active])
+        )
+        last[active] = np.where(sa, np.maximum(last[active], on_last), np.where(has, on_last, last[active]))
+        seen[active] = sa | has
+        return counts, first, last, seen
+
+
+@dataclass
 class RankingContext:
     """What ranking features are computed from: the observed data and the retrieval model's item vectors."""
 
@@ -178,6 +246,7 @@ def dense_features(
     as_of: np.ndarray,
     history: tuple[np.ndarray, np.ndarray],
     n_events: np.ndarray | None = None,
+    activity: ItemActivity | None = None,
 ) -> np.ndarray:
     """``(B, N, len(DENSE_FEATURES))`` float32 features of each user's candidates.
 
@@ -190,10 +259,15 @@ def dense_features(
         history: the users' observed items ``(values, lengths)``, oldest first (at or before as_of).
         n_events: ``(B,)`` each user's number of observed events; default their count in ``ctx.sequences``
             (the service passes its online state's, which feedback keeps growing).
+        activity: the items' interactions since the snapshot (the service's online state), added to the
+            snapshot's popularity and recency features.
     """
     b, n = items.shape
     t = as_of[:, None]
-    counts, first, last, seen = ctx.timeline.stats(items, t, POPULARITY_WINDOWS_DAYS)
+    stats = ctx.timeline.stats(items, t, POPULARITY_WINDOWS_DAYS)
+    if activity is not None and len(activity):
+        stats = activity.add_to(stats, items, t, POPULARITY_WINDOWS_DAYS)
+    counts, first, last, seen = stats
     values, lengths = history
     affinity = category_affinity(ctx.item_categories, values, lengths, items)
     # The latest RECENT_ITEMS of each history, padded with the unknown item 0 (a zero-similarity slot).

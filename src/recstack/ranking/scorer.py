@@ -15,7 +15,7 @@ import torch
 
 from recstack.models.artifact import ModelCard, load_card, load_weights
 from recstack.models.ranker import Ranker, RankerConfig
-from recstack.ranking.features import RankingContext, dense_features, sparse_bags
+from recstack.ranking.features import ItemActivity, RankingContext, dense_features, sparse_bags
 from recstack.retrieval.two_tower import TwoTowerRetriever
 
 
@@ -79,6 +79,7 @@ def pair_inputs(
     as_of: np.ndarray | None = None,
     context_item: np.ndarray | None = None,
     state: HistoryBatch | None = None,
+    activity: ItemActivity | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Dense ``(B, N, F)`` and sparse bags (``B * N`` pairs) of users' candidate lists, point-in-time.
 
@@ -91,6 +92,7 @@ def pair_inputs(
         state: the users' histories as the service reads them (online state, already cut to
             ``history_length``); default the snapshot in ``ctx.sequences``. Its latest event times are
             the default request times.
+        activity: interactions with the items since the snapshot (online state), for the item features.
     """
     if state is None:
         history = ctx.sequences.last(users, history_length)
@@ -101,7 +103,7 @@ def pair_inputs(
         times = np.where(state.last_time >= 0, state.last_time, latest_time(ctx)) if as_of is None else as_of
     if context_item is not None:
         history = append_items(history, context_item)
-    dense = dense_features(ctx, users, items, scores, ranks, times, history, n_events)
+    dense = dense_features(ctx, users, items, scores, ranks, times, history, n_events, activity)
     bags = sparse_bags(ctx.tables, users, items, last_items(*history))
     return dense, bags
 
@@ -155,6 +157,7 @@ class FunnelRanker:
         as_of: np.ndarray | None = None,
         context_item: np.ndarray | None = None,
         state: HistoryBatch | None = None,
+        activity: ItemActivity | None = None,
     ) -> np.ndarray:
         """Ranker logits ``(B, N)`` of each user's retrieved candidates ``items`` ``(B, N)`` (-1 = empty slot,
         scored -inf), given in retrieval order with their similarities ``sims`` ``(B, N)``.
@@ -168,7 +171,9 @@ class FunnelRanker:
         sims = np.where(empty, np.where(np.isfinite(lowest), lowest, 0.0), sims)
         ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
         length = self.retriever.config.history_length
-        dense, bags = pair_inputs(ctx, users, items, sims, ranks, length, as_of, context_item, state)
+        dense, bags = pair_inputs(
+            ctx, users, items, sims, ranks, length, as_of, context_item, state, activity
+        )
         logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags).reshape(items.shape)
         logits[empty] = -np.inf
         return logits

@@ -42,6 +42,7 @@ from recstack.online.store import (
 )
 from recstack.policy.rerank import Placed, Request, rerank, stable_hash
 from recstack.policy.schema import Policy
+from recstack.ranking.features import ItemActivity
 from recstack.serving.bundle import Bundle, load_bundle
 from recstack.serving.cache import ResultCache, SharedResultCache
 from recstack.serving.config import ServingConfig, Variant, check_model_versions, load_serving_config
@@ -153,7 +154,7 @@ class Recommender:
         self.bundle = bundle
         self.config = config or bundle.config
         self.policy = policy or bundle.policy
-        self.stages = Stages(bundle, self.config)
+        self.stages = Stages(bundle, self.config, item_activity=self._item_activity)
         self.lanes = StageLanes(
             self.stages,
             self.config.stage_threads,
@@ -410,6 +411,14 @@ class Recommender:
             deadline=t0 + cfg.budgets.total_ms / 1000,
             warnings=warnings,
         )
+
+    def _item_activity(self, items: np.ndarray) -> ItemActivity | None:
+        """Interactions with ``items`` since the snapshot, for the ranker; None when the online state
+        cannot be read (the snapshot's item features serve, and the user-side fallback reports it)."""
+        try:
+            return self.online.item_activity(items)
+        except OnlineStateUnavailable:
+            return None
 
     def _user_index(self, user_id: str) -> int:
         """The user's index in the models; 0 (unknown) once forgotten: their id embedding was learned

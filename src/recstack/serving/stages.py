@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from recstack.online.store import snapshot_history
+from recstack.ranking.features import ItemActivity
 from recstack.ranking.scorer import HistoryBatch, append_items, latest_time
 from recstack.retrieval.index import search
 from recstack.serving.bundle import Bundle
@@ -79,8 +80,15 @@ class Job:
 class Stages:
     """Batched retrieval and ranking over a loaded :class:`Bundle`."""
 
-    def __init__(self, bundle: Bundle, config: ServingConfig) -> None:
-        self.bundle, self.config = bundle, config
+    def __init__(
+        self,
+        bundle: Bundle,
+        config: ServingConfig,
+        item_activity: Callable[[np.ndarray], ItemActivity | None] | None = None,
+    ) -> None:
+        """``item_activity``: the online state's interactions with given items since the snapshot (None
+        when it cannot say); without it (offline, the batch stage) the snapshot's item features serve."""
+        self.bundle, self.config, self.item_activity = bundle, config, item_activity
         # Events after this time (us) are the session: accepted by the service, not in the snapshot.
         self._snapshot_end = int(bundle.sequences.times.max()) if len(bundle.sequences.times) else -1
 
@@ -228,8 +236,16 @@ class Stages:
                     for j, t in zip(jobs, state.last_time, strict=True)
                 ]
             )
+        activity = self.item_activity(np.unique(items[items > 0])) if self.item_activity else None
         logits = b.funnel.score_candidates(
-            b.ranking_context, users, items, sims, as_of, currents if currents.any() else None, state
+            b.ranking_context,
+            users,
+            items,
+            sims,
+            as_of,
+            currents if currents.any() else None,
+            state,
+            activity,
         )
         return [logits[r, : len(c.items)] for r, c in enumerate(cands)]
 
