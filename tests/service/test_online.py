@@ -280,6 +280,8 @@ def test_workers_sharing_a_log_see_each_others_feedback(online_engine: Recommend
         user = str(b.tables.spec.user_id.values[15])
         first = other.recommend(RecommendRequest(user_id=user, k=10))
         assert other.recommend(RecommendRequest(user_id=user, k=10)).cached
+        # With Redis the first worker finds it in the shared tier (read with the user's state).
+        assert rec.recommend(RecommendRequest(user_id=user, k=10)).cached == rec.online.streams
         clicked = _ids(first)[0]
         ack = _feedback(rec, user, clicked)  # accepted by the first worker
         assert ack.state_updated

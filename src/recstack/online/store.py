@@ -322,12 +322,21 @@ class RedisStore(OnlineStore):
             raise OnlineStateUnavailable(f"redis at {self.url}: {exc}") from exc
 
     def histories(self, users: Sequence[str]) -> list[UserHistory]:
+        return self.read(users)[0]
+
+    def read(
+        self, users: Sequence[str], also_get: Sequence[str] = ()
+    ) -> tuple[list[UserHistory], list[bytes | None]]:
+        """The users' histories and the values of the keys ``also_get`` (e.g. the shared cache's entry for
+        the request), in one round trip: a pipeline of GET pointer, MGET histories, MGET the keys."""
         for _ in range(2):  # a second pass only when a materialize switched the version meanwhile
             version = self._version
             pipe = self.client.pipeline(transaction=False)
             pipe.get(self.pointer)
             if version is not None and users:
                 pipe.mget([self._key(version, u) for u in users])
+            if also_get:
+                pipe.mget(list(also_get))
             res = self.call(pipe.execute)
             live = res[0]
             if live is None:
@@ -335,7 +344,8 @@ class RedisStore(OnlineStore):
                     f"redis at {self.url} holds no materialized state ({self.pointer})"
                 )
             if live == version:
-                return [UserHistory.from_bytes(r) for r in (res[1] if users else [])]
+                hist = [UserHistory.from_bytes(r) for r in (res[1] if users else [])]
+                return hist, (res[-1] if also_get else [])
             self._version = live
         raise OnlineStateUnavailable("the online state version changed twice during one read")
 

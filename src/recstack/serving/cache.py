@@ -90,7 +90,8 @@ class SharedResultCache:
 
     Keys are ``{namespace}:cache:{user}:{digest of the key}``, so forgetting a user can find theirs; each
     lives ``ttl * (1 +- jitter)`` seconds. A Redis error is a miss (the answer is computed), never a
-    failed request.
+    failed request. An entry holds the user's state ``marker`` it was computed at: read in the same round
+    trip as that state (see :meth:`key` and :meth:`decode`), it is a hit only when the state is unchanged.
     """
 
     def __init__(
@@ -115,25 +116,32 @@ class SharedResultCache:
         self._rng = random.Random(seed)
         self.hits = self.misses = self.errors = 0
 
-    def _key(self, user: str, key: Hashable) -> str:
+    def key(self, user: str, key: Hashable) -> str:
         return f"{self.ns}:cache:{user}:{hashlib.sha1(repr(key).encode()).hexdigest()}"
 
-    def get(self, user: str, key: Hashable) -> Any | None:
+    def decode(self, raw: bytes | None, marker: Hashable) -> Any | None:
+        """The cached value of an entry read elsewhere, if it was computed at state ``marker``."""
+        if raw is not None:
+            head, _, body = raw.partition(b"\n")
+            if head.decode() == repr(marker):
+                self.hits += 1
+                return self._decode(body)
+        self.misses += 1
+        return None
+
+    def get(self, user: str, key: Hashable, marker: Hashable) -> Any | None:
         try:
-            raw = self.client.get(self._key(user, key))
+            raw = self.client.get(self.key(user, key))
         except self._errors:
             self.errors += 1
             return None
-        if raw is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        return self._decode(raw)
+        return self.decode(raw, marker)
 
-    def put(self, user: str, key: Hashable, value: Any) -> None:
+    def put(self, user: str, key: Hashable, value: Any, marker: Hashable) -> None:
         ttl_ms = int(1000 * self.ttl * (1 + self.jitter * (2 * self._rng.random() - 1)))
+        blob = repr(marker).encode() + b"\n" + value.model_dump_json().encode()
         try:
-            self.client.set(self._key(user, key), value.model_dump_json(), px=max(ttl_ms, 1))
+            self.client.set(self.key(user, key), blob, px=max(ttl_ms, 1))
         except self._errors:
             self.errors += 1
 

@@ -125,6 +125,7 @@ class _Started:
     response: RecommendResponse | None = None
     plan: _Plan | None = None
     job: Job | None = None
+    marker: tuple = ()  # the user's state the answer is computed at (see Recommender._start)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +285,6 @@ class Recommender:
         self._check(req)
         experiment, variant, seed = self._assign(req)
         warnings: list[str] = []
-        history = self._history(req.user_id, self._user_index(req.user_id), warnings)
         key = (
             req.surface,
             req.k,
@@ -295,16 +295,19 @@ class Recommender:
             req.explain,
             seed,
             variant.name if variant else None,
-            # The user's state: an answer computed before their latest event is never served again, in
-            # any worker or replica, whatever its TTL (feedback also drops this worker's entries at once).
-            len(history),
-            history.last_time(),
-            bool(warnings),  # an answer from the snapshot (online state down) is not kept for later
         )
+        # The user's state, read with the shared cache's entry in the same round trip.
+        shared = self.shared_cache.key(req.user_id, key) if self.shared_cache is not None else None
+        history, shared_raw = self._history(req.user_id, self._user_index(req.user_id), warnings, shared)
+        # With it in the key, an answer computed before the user's latest event is never served again,
+        # by any worker or replica, whatever its TTL (feedback also drops this worker's entries at once).
+        # An answer from the snapshot (online state down) is not kept for later.
+        marker = (len(history), history.last_time(), bool(warnings))
+        key = (*key, *marker)
         if self.cache is not None:
             cached = self.cache.get(req.user_id, key)
             if cached is None and self.shared_cache is not None:
-                cached = self.shared_cache.get(req.user_id, key)
+                cached = self.shared_cache.decode(shared_raw, marker)
                 if cached is not None:
                     self.cache.put(req.user_id, key, cached)
             self.metrics.cache.labels(result="hit" if cached is not None else "miss").inc()
@@ -318,7 +321,7 @@ class Recommender:
         job = self._job(plan)
         if job is not None:
             self.lanes.submit(job)
-        return _Started(req, t0, key, plan=plan, job=job)
+        return _Started(req, t0, key, plan=plan, job=job, marker=marker)
 
     def _done(self, started: _Started) -> RecommendResponse:
         """Cache a fresh response, then time, count and log it."""
@@ -328,7 +331,9 @@ class Recommender:
         if started.plan is not None and self.cache is not None:
             self.cache.put(req.user_id, started.key, response)
             if self.shared_cache is not None:
-                self.shared_cache.put(req.user_id, started.key, response)
+                self.shared_cache.put(
+                    req.user_id, started.key[: -len(started.marker)], response, started.marker
+                )
         total = time.perf_counter() - started.t0
         response.timings_ms["total"] = round(total * 1000, 3)
         self.metrics.stage_seconds.labels(stage="total").observe(total)
@@ -347,7 +352,7 @@ class Recommender:
         plans = []
         for req in requests:
             warnings: list[str] = []
-            history = self._history(req.user_id, self._user_index(req.user_id), warnings)
+            history, _ = self._history(req.user_id, self._user_index(req.user_id), warnings)
             plans.append(self._plan(req, *self._assign(req), t0, history, warnings))
         jobs = [self._job(p) for p in plans]
         batch = [j for j in jobs if j is not None]
@@ -425,17 +430,23 @@ class Recommender:
         from the events they asked to delete, so it is not used until the models are retrained."""
         return 0 if user_id in self.forgotten else self.bundle.user_index(user_id)
 
-    def _history(self, user_id: str, user: int, warnings: list[str]) -> UserHistory:
-        """The user's events from the online state; when it cannot be read, the bundle's snapshot (the
-        response says so, and a metric counts it)."""
+    def _history(
+        self, user_id: str, user: int, warnings: list[str], shared_key: str | None = None
+    ) -> tuple[UserHistory, bytes | None]:
+        """The user's events from the online state, and the shared cache's ``shared_key`` read in the same
+        round trip. When the state cannot be read: the bundle's snapshot (the response says so, and a
+        metric counts it), no cache entry."""
         try:
-            return self.online.histories([user_id])[0]
+            if shared_key is not None and isinstance(self.online, RedisStore):
+                (history,), (raw,) = self.online.read([user_id], also_get=[shared_key])
+                return history, raw
+            return self.online.histories([user_id])[0], None
         except OnlineStateUnavailable as exc:
             self.metrics.fallbacks.labels(reason="online_state_unavailable").inc()
             warnings.append(
                 f"online state unavailable, answered from the snapshot without recent events: {exc}"
             )
-            return snapshot_history(self.bundle.sequences, user)
+            return snapshot_history(self.bundle.sequences, user), None
 
     def _job(self, plan: _Plan) -> Job | None:
         """The request's model work, or None (with the reason in ``plan.fallbacks``) when there is none."""
