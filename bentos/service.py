@@ -21,7 +21,8 @@ each has its own result cache and shares the logs), ``RECSTACK_THREADS`` (reques
 once, default 8), ``RECSTACK_SERVING_OVERRIDES``
 (JSON merged over the packaged serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for
 load tests), ``RECSTACK_REDIS_URL`` (the online state's Redis when ``online.backend`` is ``redis``),
-``RECSTACK_ADMIN_TOKEN`` (enables the admin operations).
+``RECSTACK_ADMIN_TOKEN`` (enables the admin operations), ``RECSTACK_SNAPSHOT_SPLITS`` (serve a snapshot of
+these splits only, e.g. ``train,valid`` while the traffic simulator replays ``test``).
 """
 
 from __future__ import annotations
@@ -92,10 +93,12 @@ class Recstack:
     @staticmethod
     def _load(path: str) -> Recommender:
         overrides = os.environ.get("RECSTACK_SERVING_OVERRIDES")
+        splits = os.environ.get("RECSTACK_SNAPSHOT_SPLITS")  # e.g. "train,valid" for replays of "test"
         return Recommender.load(
             path,
             log_dir=os.environ.get("RECSTACK_LOG_DIR", "recstack-logs"),
             overrides=json.loads(overrides) if overrides else None,
+            splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         )
 
     def _current(self) -> Recommender:

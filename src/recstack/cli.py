@@ -7,6 +7,7 @@ Examples::
     recstack data download movielens-1m data/external
     recstack data validate movielens-100k ../shared/data/ml-100k
     recstack online materialize artifacts/package/bundle --redis-url redis://127.0.0.1:6379/0
+    recstack monitor simulate http://127.0.0.1:3000 artifacts/package/bundle --rate 100 --drift category_surge
 """
 
 from __future__ import annotations
@@ -77,6 +78,34 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import httpx
+
+    from recstack.monitoring.simulate import (
+        Drift,
+        SimulationConfig,
+        apply_drift,
+        held_out_events,
+        http_poster,
+        item_categories,
+        simulate,
+    )
+
+    drift = Drift(kind=args.drift, start=args.drift_start, category=args.drift_category)
+    config = SimulationConfig(
+        k=args.k, noise=args.noise, max_events=args.max_events, rate=args.rate, seed=args.seed, drift=drift
+    )
+    events = held_out_events(args.bundle, tuple(args.splits))
+    if args.max_events:
+        events = events.head(args.max_events)  # before the drift, which starts at a share of these
+    events = apply_drift(events, item_categories(args.bundle), drift, args.seed)
+    headers = {"X-API-Key": os.environ[args.api_key_env]} if args.api_key_env else {}
+    with httpx.Client(base_url=args.url, timeout=30, headers=headers) as client:
+        summary = simulate(http_poster(client), events, config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(prog="recstack", description="recstack command line")
@@ -129,6 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service's feedback.jsonl: events newer than the snapshot to keep",
     )
     p.set_defaults(func=_cmd_materialize)
+
+    monitor = sub.add_parser("monitor", help="monitoring: served traffic").add_subparsers(
+        dest="cmd", required=True
+    )
+    p = monitor.add_parser(
+        "simulate", help="replay held-out interactions as recommend requests and feedback against a service"
+    )
+    p.add_argument("url", help="the service, e.g. http://127.0.0.1:3000")
+    p.add_argument("bundle", type=Path, help="the served bundle (its held-out events are replayed)")
+    p.add_argument("--splits", nargs="+", default=["test"], help="splits to replay (serve the others)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--noise", type=float, default=0.05, help="chance a click / skip outcome flips")
+    p.add_argument("--max-events", type=int)
+    p.add_argument("--rate", type=float, help="requests per second (default: as fast as answered)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--drift", default="none", choices=["none", "user_mix", "category_surge", "broken_feature"]
+    )
+    p.add_argument("--drift-start", type=float, default=0.5, help="share of the replay before the drift")
+    p.add_argument("--drift-category", help="category_surge: the category (default: chosen)")
+    p.add_argument(
+        "--api-key-env", help="environment variable holding the X-API-Key, if the service needs one"
+    )
+    p.set_defaults(func=_cmd_simulate)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Monitoring: served traffic (a simulator for replays), its joins, drift and quality reports."""
