@@ -134,7 +134,7 @@ def test_ranker_failure_keeps_the_retrieval_order(recommender: Recommender, monk
     def broken(*args, **kwargs):
         raise RuntimeError("ranker exploded")
 
-    monkeypatch.setattr(recommender.bundle.funnel, "score_candidates", broken)
+    monkeypatch.setattr(recommender.bundle.funnel, "score_with_features", broken)
     resp = recommender.recommend(RecommendRequest(user_id=uid, k=10, explain=True))
     assert resp.served_by == "retrieval" and resp.fallbacks == ["ranker_error"] and len(resp.items) == 10
     assert resp.ranker_version is None
@@ -142,13 +142,13 @@ def test_ranker_failure_keeps_the_retrieval_order(recommender: Recommender, monk
 
 def test_slow_ranker_is_cut_at_its_budget(recommender: Recommender, monkeypatch) -> None:
     uid = known_users(recommender)[3]
-    real = recommender.bundle.funnel.score_candidates
+    real = recommender.bundle.funnel.score_with_features
 
     def slow(*args, **kwargs):
         time.sleep(1.0)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(recommender.bundle.funnel, "score_candidates", slow)
+    monkeypatch.setattr(recommender.bundle.funnel, "score_with_features", slow)
     start = time.perf_counter()
     resp = recommender.recommend(RecommendRequest(user_id=uid, k=10))
     elapsed = time.perf_counter() - start
@@ -161,13 +161,13 @@ def test_a_hung_ranker_does_not_hold_up_retrieval(recommender: Recommender, monk
     ranking at once: they keep the retrieval order (not popular items) without waiting out the budget."""
     uids = known_users(recommender)[5:9]
     release = threading.Event()
-    real = recommender.bundle.funnel.score_candidates
+    real = recommender.bundle.funnel.score_with_features
 
     def hung(*args, **kwargs):
         release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(recommender.bundle.funnel, "score_candidates", hung)
+    monkeypatch.setattr(recommender.bundle.funnel, "score_with_features", hung)
     try:
         first = recommender.recommend(RecommendRequest(user_id=uids[0], k=10))
         assert first.served_by == "retrieval" and first.fallbacks == ["ranker_timeout"]
@@ -209,13 +209,13 @@ def test_async_requests_answer_as_blocking_ones(loaded_bundle, tmp_path: Path, m
         assert all(r.cached for r in asyncio.run(concurrently()))
         assert len(list(read_events(tmp_path / RESPONSES_LOG))) == 3 * len(reqs)
 
-        real = rec.bundle.funnel.score_candidates
+        real = rec.bundle.funnel.score_with_features
 
         def slow(*args, **kwargs):
             time.sleep(1.0)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(rec.bundle.funnel, "score_candidates", slow)
+        monkeypatch.setattr(rec.bundle.funnel, "score_with_features", slow)
         rec.cache.clear()
 
         async def with_a_ticker() -> tuple:
@@ -403,3 +403,43 @@ def test_load_overrides_are_merged_and_validated(bundle_dir: Path) -> None:
     rec.close()
     with pytest.raises(ServingConfigError, match="budgets.ranking_ms"):
         Recommender.load(bundle_dir, overrides={"budgets": {"ranking_ms": -1}})
+
+
+def test_served_ranking_features_are_logged_for_a_sampled_share(loaded_bundle, tmp_path: Path) -> None:
+    """Monitoring's drift input: the ranker's features of the served items, exactly those it scored."""
+    from recstack.monitoring.join import served_features
+    from recstack.ranking.features import DENSE_FEATURES
+
+    users = known_users(Recommender(loaded_bundle, log_dir=tmp_path / "probe"))[:60]
+    for rate, logs in ((1.0, tmp_path / "all"), (0.3, tmp_path / "some")):
+        config = load_serving_config(
+            {
+                **loaded_bundle.config.model_dump(by_alias=True),
+                "feature_log_rate": rate,
+                "cache": {"enabled": False},
+            }
+        )
+        rec = Recommender(loaded_bundle, config=config, log_dir=logs)
+        try:
+            for u in users:
+                rec.recommend(RecommendRequest(user_id=u, k=5))
+        finally:
+            rec.close()
+        frame = served_features(logs)
+        logged = frame["request_id"].n_unique()
+        if rate == 1.0:
+            assert logged == len(users) and frame.height == 5 * len(users)
+            assert frame.select(DENSE_FEATURES).to_numpy().shape[1] == len(DENSE_FEATURES)
+            assert np.isfinite(frame.select(DENSE_FEATURES).to_numpy()).all()
+            # They are the ranker's view of each pair: the user's history length, the candidate's
+            # retrieval rank (>= 1) and its score gap to the best candidate (<= 0).
+            user_of = {r["request_id"]: r["user_id"] for r in read_events(logs / RESPONSES_LOG)}
+            offsets = loaded_bundle.sequences.offsets
+            for row in frame.iter_rows(named=True):
+                u = loaded_bundle.user_index(user_of[row["request_id"]])
+                assert row["user_log_history"] == pytest.approx(
+                    np.log1p(offsets[u + 1] - offsets[u]), rel=1e-5
+                )
+                assert row["retrieval_log_rank"] >= np.log1p(1) - 1e-6 and row["retrieval_score_gap"] <= 1e-6
+        else:
+            assert 0.1 * len(users) <= logged <= 0.5 * len(users)  # about 30 %, chosen by request id

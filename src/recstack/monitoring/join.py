@@ -130,3 +130,36 @@ def window_summary(shown: pl.DataFrame, catalog_size: int, by: tuple[str, ...] =
         (pl.col("item_id").n_unique() / catalog_size).alias("coverage"),
     )
     return requests.join(items, on=list(by)).sort(list(by))
+
+
+def served_features(log_dir: str | Path) -> pl.DataFrame:
+    """The ranking features of served items, for the responses that logged them (``feature_log_rate``):
+    ``request_id``, ``at``, ``position``, ``item_id``, ``score`` and one column per ``DENSE_FEATURES``."""
+    from recstack.ranking.features import DENSE_FEATURES
+
+    rows = []
+    for r in read_events(Path(log_dir) / RESPONSES_LOG):
+        feats = r.get("features")
+        if not feats:
+            continue
+        for pos, (item, score, values) in enumerate(
+            zip(r["items"], r["scores"], feats, strict=True), start=1
+        ):
+            if values is None:
+                continue
+            if len(values) != len(DENSE_FEATURES):
+                raise ValueError(
+                    f"response {r['request_id']} logged {len(values)} features; this version has "
+                    f"{len(DENSE_FEATURES)} ({list(DENSE_FEATURES)})"
+                )
+            rows.append([r["request_id"], r["at"], pos, str(item), score, *values])
+    schema = {
+        "request_id": pl.String,
+        "at": pl.String,
+        "position": pl.Int64,
+        "item_id": pl.String,
+        "score": pl.Float64,
+        **dict.fromkeys(DENSE_FEATURES, pl.Float64),
+    }
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
+    return frame.with_columns(pl.col("at").str.to_datetime(time_zone="UTC"))

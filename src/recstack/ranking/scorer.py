@@ -164,6 +164,21 @@ class FunnelRanker:
 
         The offline funnel (:meth:`rank`), the batch stage and the service all score through here.
         """
+        return self.score_with_features(ctx, users, items, sims, as_of, context_item, state, activity)[0]
+
+    def score_with_features(
+        self,
+        ctx: RankingContext,
+        users: np.ndarray,
+        items: np.ndarray,
+        sims: np.ndarray,
+        as_of: np.ndarray | None = None,
+        context_item: np.ndarray | None = None,
+        state: HistoryBatch | None = None,
+        activity: ItemActivity | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score_candidates`, and the dense features ``(B, N, F)`` the ranker saw (raw values, in
+        ``DENSE_FEATURES`` order): what monitoring compares with training."""
         empty = items < 0
         items = np.maximum(items, 0)  # empty slots are scored as the unknown item, then dropped
         # ...with the list's lowest real score, so the score-gap feature of real items is unchanged.
@@ -176,7 +191,7 @@ class FunnelRanker:
         )
         logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags).reshape(items.shape)
         logits[empty] = -np.inf
-        return logits
+        return logits, dense
 
     def rank(
         self, ctx: RankingContext, users: np.ndarray, exclude: sp.csr_matrix, k: int, batch_size: int = 256

@@ -169,6 +169,13 @@ class ServingConfig(_Strict):
     cache: Cache = Field(default_factory=Cache)
     experiments: list[Experiment] = Field(default_factory=list)
     online: OnlineConfig = Field(default_factory=OnlineConfig)
+    feature_log_rate: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="share of ranked responses whose served items' ranking features go to the responses log "
+        "(drift monitoring compares them with training); chosen by request id, so reproducible",
+    )
     api_keys_env: str | None = Field(
         None,
         pattern=r"^[A-Z_][A-Z0-9_]{0,63}$",

@@ -112,6 +112,8 @@ class _Plan:
     warnings: list[str]
     fallbacks: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    candidates: np.ndarray | None = None  # (N,) the ranked candidates, aligned with ``features``
+    features: np.ndarray | None = None  # (N, F) their ranking features (monitoring)
 
 
 @dataclass
@@ -339,7 +341,7 @@ class Recommender:
         self.metrics.stage_seconds.labels(stage="total").observe(total)
         self.metrics.served.labels(surface=req.surface, path=response.served_by).inc()
         if self.responses_log is not None:
-            self._log_response(req, response)
+            self._log_response(req, response, started.plan)
         return response
 
     def recommend_batch(self, requests: list[RecommendRequest]) -> list[RecommendResponse]:
@@ -482,6 +484,7 @@ class Recommender:
         if cands is not None and job.rank:
             with self._stage(plan, job, "ranking"):
                 scores = wait(job.ranked, self._budget_s(plan, "ranking") if budgets else None)
+                plan.candidates, plan.features = cands.items, job.features
         return cands, scores
 
     async def _collect_async(
@@ -496,6 +499,7 @@ class Recommender:
         if cands is not None and job.rank:
             with self._stage(plan, job, "ranking"):
                 scores = await wait_async(job.ranked, self._budget_s(plan, "ranking"))
+                plan.candidates, plan.features = cands.items, job.features
         return cands, scores
 
     def _budget_s(self, plan: _Plan, stage: str) -> float:
@@ -862,7 +866,24 @@ class Recommender:
             "warnings": problems,
         }
 
-    def _log_response(self, req: RecommendRequest, resp: RecommendResponse) -> None:
+    def _served_features(self, resp: RecommendResponse, plan: _Plan | None) -> list | None:
+        """The ranking features of the served items (``DENSE_FEATURES`` order; None for an item the ranker
+        did not score, e.g. an exploration pick) for a ``feature_log_rate`` share of ranked responses."""
+        rate = self.config.feature_log_rate
+        if plan is None or plan.features is None or plan.candidates is None or rate <= 0:
+            return None
+        if stable_hash("features", resp.request_id) % 10_000 >= rate * 10_000:
+            return None
+        row = {int(it): r for r, it in enumerate(plan.candidates.tolist())}
+        out = []
+        for item in resp.items:
+            r = row.get(self.bundle.item_index(item.item_id))
+            out.append(None if r is None else [round(float(v), 6) for v in plan.features[r]])
+        return out
+
+    def _log_response(
+        self, req: RecommendRequest, resp: RecommendResponse, plan: _Plan | None = None
+    ) -> None:
         try:
             self.responses_log.append(
                 {
@@ -884,6 +905,7 @@ class Recommender:
                     "policy": resp.policy,
                     "cached": resp.cached,
                     "latency_ms": resp.timings_ms.get("total"),
+                    "features": self._served_features(resp, plan),
                 }
             )
         except OSError:

@@ -72,6 +72,7 @@ class Job:
     rank: bool = True
     as_of: int | None = None
     history: tuple[np.ndarray, np.ndarray] | None = None  # (items, times) oldest first; None = the snapshot's
+    features: np.ndarray | None = None  # (N, F) the ranker's dense features of the candidates, once ranked
     retrieved: Future = field(default_factory=Future)
     ranked: Future = field(default_factory=Future)
     abandoned: bool = False  # the request stopped waiting: skip what is left
@@ -237,7 +238,7 @@ class Stages:
                 ]
             )
         activity = self.item_activity(np.unique(items[items > 0])) if self.item_activity else None
-        logits = b.funnel.score_candidates(
+        logits, dense = b.funnel.score_with_features(
             b.ranking_context,
             users,
             items,
@@ -247,6 +248,8 @@ class Stages:
             state,
             activity,
         )
+        for r, (job, c) in enumerate(zip(jobs, cands, strict=True)):
+            job.features = dense[r, : len(c.items)]  # for monitoring: the served items' rows are logged
         return [logits[r, : len(c.items)] for r, c in enumerate(cands)]
 
 
