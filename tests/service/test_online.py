@@ -3,6 +3,7 @@ Redis server (started by the tests on a free loopback port), with versioned load
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -201,7 +202,16 @@ def test_redis_outage_serves_the_snapshot_and_recovers(loaded_bundle, tmp_path: 
         ack = _feedback(rec, user, item)
         assert ack.accepted and not ack.state_updated  # logged durably, not yet in the online state
         assert not rec.health()["online_state"]["available"]
+        # While Redis is away, requests do not wait on it: the circuit is open between probes.
+        start = time.perf_counter()
+        for k in range(2, 8):
+            assert rec.recommend(RecommendRequest(user_id=user, k=k)).warnings
+        assert time.perf_counter() - start < 1.0
         with redis_server(data, port=port):
+            deadline = time.monotonic() + 5  # the next probe (every 0.5 s) finds it back
+            while rec.recommend(RecommendRequest(user_id=user, k=9)).warnings:
+                assert time.monotonic() < deadline, "the service did not go back to Redis"
+                time.sleep(0.1)
             back = rec.recommend(RecommendRequest(user_id=user, k=6))
             assert not back.warnings and back.served_by == "funnel"
             assert _feedback(rec, user, item).state_updated
@@ -258,6 +268,7 @@ def test_relay_applies_events_accepted_while_redis_was_down(loaded_bundle, tmp_p
         ack = _feedback(rec, user, item)  # Redis down: logged, acknowledged, not applied
         assert not ack.state_updated
         with redis_server(data, port=port):
+            time.sleep(rec.online.retry_after_s)  # the circuit opened by the outage lets a probe through
             assert rec.relay.run_once() == 1  # only the missed one; the other was applied before
             h = rec.online.histories([user])[0]
             assert len(h) == before + 2 and h.items[-1] == loaded_bundle.item_index(item)

@@ -16,6 +16,7 @@ microseconds), so an event is one Redis ``APPEND``, atomic and O(1), and reading
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -245,6 +246,8 @@ class RedisStore(OnlineStore):
 
         self.url, self.ns = url, namespace
         self.idempotency_ttl_s, self.stream_maxlen = idempotency_ttl_s, stream_maxlen
+        self.retry_after_s = 0.5
+        self._open_until, self._last_error = 0.0, ""
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self.client = redis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=0
@@ -315,10 +318,22 @@ class RedisStore(OnlineStore):
         v = self.call(self.client.get, self.pointer)
         return v.decode() if v else None
 
+    def circuit_open(self) -> bool:
+        """Whether calls fail at once right now (a recent failure; see :meth:`call`)."""
+        return time.monotonic() < self._open_until
+
     def call(self, fn, *args, **kwargs):
+        """``fn(...)`` on Redis; its connection errors and timeouts become :class:`OnlineStateUnavailable`.
+
+        A circuit breaker: after a failure, calls fail at once for ``retry_after_s`` (no request waits out
+        the timeout again while Redis is away or slow; the event loop stays free), then one call probes.
+        """
+        if time.monotonic() < self._open_until:
+            raise OnlineStateUnavailable(f"redis at {self.url} failed {self._last_error}; retrying shortly")
         try:
             return fn(*args, **kwargs)
         except self._errors as exc:
+            self._open_until, self._last_error = time.monotonic() + self.retry_after_s, f"({exc})"
             raise OnlineStateUnavailable(f"redis at {self.url}: {exc}") from exc
 
     def histories(self, users: Sequence[str]) -> list[UserHistory]:

@@ -102,6 +102,7 @@ class SharedResultCache:
         jitter: float,
         decode: Callable[[bytes], Any],
         seed: int | None = None,
+        skip: Callable[[], bool] = lambda: False,
     ) -> None:
         import redis
 
@@ -114,6 +115,7 @@ class SharedResultCache:
         )
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self._rng = random.Random(seed)
+        self._skip = skip  # e.g. the online store's open circuit: do not wait on a Redis that is away
         self.hits = self.misses = self.errors = 0
 
     def key(self, user: str, key: Hashable) -> str:
@@ -130,6 +132,8 @@ class SharedResultCache:
         return None
 
     def get(self, user: str, key: Hashable, marker: Hashable) -> Any | None:
+        if self._skip():
+            return None
         try:
             raw = self.client.get(self.key(user, key))
         except self._errors:
@@ -139,6 +143,8 @@ class SharedResultCache:
 
     def put(self, user: str, key: Hashable, value: Any, marker: Hashable) -> None:
         ttl_ms = int(1000 * self.ttl * (1 + self.jitter * (2 * self._rng.random() - 1)))
+        if self._skip():
+            return
         blob = repr(marker).encode() + b"\n" + value.model_dump_json().encode()
         try:
             self.client.set(self.key(user, key), blob, px=max(ttl_ms, 1))

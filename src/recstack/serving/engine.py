@@ -185,6 +185,7 @@ class Recommender:
                 c.ttl_seconds,
                 c.jitter,
                 RecommendResponse.model_validate_json,
+                skip=self.online.circuit_open,
             )
             if c.enabled and c.shared and isinstance(self.online, RedisStore)
             else None
