@@ -105,7 +105,37 @@ def read_from(path: str | Path, offset: int, max_bytes: int = 4 << 20) -> tuple[
     return out, pos
 
 
-class Tailer:
+class Periodic:
+    """A daemon thread calling :meth:`run_once` every ``interval_s`` until :meth:`stop`; a failure is
+    logged (or, for the ``expected`` kinds, passed over) and the next round tries again."""
+
+    def __init__(self, interval_s: float, name: str, expected: tuple[type[Exception], ...] = ()) -> None:
+        self.interval_s, self._expected = interval_s, expected
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def run_once(self) -> int:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except self._expected:
+                pass
+            except Exception:  # a background thread must not die: the next round retries
+                logging.getLogger(__name__).exception("%s failed; retrying", self._thread.name)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+
+class Tailer(Periodic):
     """Calls ``handle(record)`` for every record of a JSONL log, from ``offset`` on, then for each new one
     as it is appended (checked every ``interval_s`` in a background thread).
 
@@ -120,11 +150,10 @@ class Tailer:
         offset: int = 0,
         name: str = "recstack-tailer",
     ) -> None:
-        self.path, self.handle, self.interval_s, self.offset = Path(path), handle, interval_s, offset
-        self._stop = threading.Event()
+        super().__init__(interval_s, name)
+        self.path, self.handle, self.offset = Path(path), handle, offset
         self.run_once()  # what is already there counts before the first request
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self.start()
 
     def run_once(self) -> int:
         n = 0
@@ -136,14 +165,3 @@ class Tailer:
             if end == self.offset:
                 return n
             self.offset = end
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                logging.getLogger(__name__).exception("tailing %s failed; retrying", self.path)
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from recstack.online.store import (
 )
 from recstack.serving.bundle import Bundle
 from recstack.serving.config import OnlineConfig, ServingConfigError
-from recstack.serving.eventlog import read_events, read_from
+from recstack.serving.eventlog import Periodic, read_events, read_from
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +132,7 @@ def accepted_event(bundle: Bundle, config: OnlineConfig, record: dict[str, Any])
     )
 
 
-class LogFollower:
+class LogFollower(Periodic):
     """Keeps an embedded store current with the events *other* workers accept (they share the log).
 
     Every ``interval_s`` it reads the log past its offset and applies each record, skipping this worker's
@@ -148,12 +147,10 @@ class LogFollower:
         log_path: Path,
         interval_s: float = 0.1,
     ) -> None:
+        super().__init__(interval_s, "recstack-log-follower")
         self.store, self.bundle, self.config = store, bundle, config
-        self.log_path, self.interval_s = Path(log_path), interval_s
-        self.offset = store.replayed_to
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="recstack-log-follower", daemon=True)
-        self._thread.start()
+        self.log_path, self.offset = Path(log_path), store.replayed_to
+        self.start()
 
     def run_once(self) -> int:
         """Apply the log's new records from other workers; returns how many were applied."""
@@ -167,19 +164,8 @@ class LogFollower:
                 return applied
             self.offset = end
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("feedback log follower failed; retrying")
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
-
-
-class Relay:
+class Relay(Periodic):
     """Catches the Redis state and stream up with the durable feedback log, in a background thread.
 
     The feedback endpoint applies each event to Redis before acknowledging it; when Redis is down it
@@ -191,13 +177,13 @@ class Relay:
     def __init__(
         self, store: RedisStore, bundle: Bundle, config: OnlineConfig, log_path: Path, interval_s: float = 1.0
     ) -> None:
+        # Redis away: the next round tries again (the requests' fallback already reports it).
+        super().__init__(interval_s, "recstack-relay", expected=(OnlineStateUnavailable,))
         self.store, self.bundle, self.config = store, bundle, config
-        self.log_path, self.interval_s = Path(log_path), interval_s
+        self.log_path = Path(log_path)
         self.offset_key = f"{store.ns}:relay:{socket.gethostname()}:{self.log_path.resolve()}"
         self.applied = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="recstack-relay", daemon=True)
-        self._thread.start()
+        self.start()
 
     def run_once(self) -> int:
         """Apply what the log holds past the stored offset; returns the events newly applied."""
@@ -225,16 +211,3 @@ class Relay:
             offset = end
         self.applied += applied
         return applied
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except OnlineStateUnavailable:
-                pass  # Redis is away: the next round tries again
-            except Exception:
-                log.exception("online state relay failed; retrying")
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
