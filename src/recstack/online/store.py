@@ -150,7 +150,6 @@ class EmbeddedStore(OnlineStore):
         self.snapshot, self.user_index = snapshot, user_index
         self._recent: dict[str, list[tuple[int, int]]] = {}
         self._applied: set[str] = set()  # ids applied by this worker that its log follower has not met yet
-        self.replayed_to = 0  # feedback log offset replayed at start (see serving.online.open_store)
         self._forgotten: set[str] = set()  # the snapshot is read-only: their events are masked instead
         self._item_times: dict[int, list[int]] = {}  # item -> engagement times since the snapshot
         self._lock = threading.Lock()
@@ -450,7 +449,8 @@ class RedisStore(OnlineStore):
         n = 0
         pipe = self.client.pipeline(transaction=False)
         key = version.encode()
-        for u, uid in enumerate([*user_ids, *(r for r in recent if r not in set(user_ids))], start=1):
+        known = set(user_ids)
+        for u, uid in enumerate([*user_ids, *(r for r in recent if r not in known)], start=1):
             if uid in forgotten:
                 continue
             h = snapshot_history(snapshot, u) if u <= len(user_ids) else UserHistory.empty()

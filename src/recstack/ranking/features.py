@@ -58,22 +58,37 @@ class ItemTimeline:
     times: np.ndarray  # (N,) us, aligned with keys
     unique_times: np.ndarray  # (U,) sorted distinct times
     m: int
-    starts: np.ndarray  # (max item + 2,) where each item's keys start: a lookup instead of a search
+    # (max item + 2,) where each item's keys start: a lookup instead of a search (None: search)
+    starts: np.ndarray | None = None
+    # (N + 1,) cumulative event weights in key order; None: every event weighs 1 (counts are positions)
+    cum: np.ndarray | None = None
 
     @classmethod
     def from_sequences(cls, sequences: Sequences) -> ItemTimeline:
-        unique_times = np.unique(sequences.times)
+        return cls.from_events(sequences.items, sequences.times, lookup=True)
+
+    @classmethod
+    def from_events(
+        cls, items: np.ndarray, times: np.ndarray, weights: np.ndarray | None = None, lookup: bool = False
+    ) -> ItemTimeline:
+        """From events ``(item, time, weight)``; ``lookup`` builds the per-item start table (worth it for
+        a timeline queried many times, not for a request's few events)."""
+        unique_times = np.unique(times)
         m = len(unique_times) + 1
-        rank = np.searchsorted(unique_times, sequences.times, side="right")
-        keys = sequences.items * m + rank
+        keys = items * m + np.searchsorted(unique_times, times, side="right")
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
-        n_items = int(sequences.items.max()) + 1 if len(sequences.items) else 1
-        starts = np.searchsorted(keys, np.arange(n_items + 1) * m, side="right")
-        return cls(keys=keys, times=sequences.times[order], unique_times=unique_times, m=m, starts=starts)
+        starts = None
+        if lookup:
+            n_items = int(items.max()) + 1 if len(items) else 1
+            starts = np.searchsorted(keys, np.arange(n_items + 1) * m, side="right")
+        cum = None if weights is None else np.concatenate([[0.0], np.cumsum(weights[order])])
+        return cls(keys=keys, times=times[order], unique_times=unique_times, m=m, starts=starts, cum=cum)
 
     def _start(self, items: np.ndarray) -> np.ndarray:
         """Index of each item's first key (items never observed: an empty range at the end)."""
+        if self.starts is None:
+            return np.searchsorted(self.keys, items * self.m, side="left")
         return self.starts[np.minimum(items, len(self.starts) - 1)]
 
     def _position(self, items: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -100,8 +115,9 @@ class ItemTimeline:
         """:meth:`counts` and :meth:`first_last` in one pass (the searches they share done once)."""
         start = self._start(items)
         end = self._position(items, as_of)
-        out = [end - self._position(items, as_of - w * DAY_US) for w in windows_days]
-        out.append(end - start)
+        mass = (lambda p: p) if self.cum is None else self.cum.__getitem__  # events up to a position
+        out = [mass(end) - mass(self._position(items, as_of - w * DAY_US)) for w in windows_days]
+        out.append(mass(end) - mass(start))
         seen = end > start
         first = self.times[np.minimum(start, len(self.times) - 1)]
         last = self.times[np.maximum(end - 1, 0)]
@@ -140,39 +156,21 @@ class ItemActivity:
         active = np.isin(items, self.items)
         if not active.any():
             return stats
-        # The timeline trick, with weights: events keyed by item * m + rank of their time among the
-        # distinct times, sorted; cumulative weights then answer "weight of item i up to time t" with
-        # two binary searches per pair.
-        unique_times = np.unique(self.times)
-        m = len(unique_times) + 1
-        keys = self.items * m + np.searchsorted(unique_times, self.times, side="right")
-        order = np.argsort(keys, kind="stable")
-        keys, ev_times = keys[order], self.times[order]
-        cum = np.concatenate([[0.0], np.cumsum(self.weights[order])])
-        pair_items = items[active]
+        timeline = ItemTimeline.from_events(self.items, self.times, self.weights)
         t = np.broadcast_to(as_of, items.shape)[active]
-        start = np.searchsorted(keys, pair_items * m, side="left")
-
-        def upto(when: np.ndarray) -> np.ndarray:
-            """Index one past each pair's item's last event at or before ``when``."""
-            r = np.searchsorted(unique_times, when, side="right")
-            return np.searchsorted(keys, pair_items * m + r, side="right")
-
-        end = upto(t)
-        extra = [cum[end] - cum[upto(t - w * DAY_US)] for w in windows_days]
-        extra.append(cum[end] - cum[start])
+        extra, on_first, on_last, has = timeline.stats(items[active], t, windows_days)
         counts = counts.astype(np.float64, copy=True)
-        counts[active] += np.stack(extra, axis=-1)
-        has = end > start
+        counts[active] += extra
         first, last, seen = first.copy(), last.copy(), seen.copy()
-        on_first = np.where(has, ev_times[np.minimum(start, len(ev_times) - 1)], np.iinfo(np.int64).max)
-        on_last = np.where(has, ev_times[np.maximum(end - 1, 0)], np.iinfo(np.int64).min)
         sa = seen[active]
-        first[active] = np.where(
-            sa, np.minimum(first[active], on_first), np.where(has, on_first, first[active])
-        )
-        last[active] = np.where(sa, np.maximum(last[active], on_last), np.where(has, on_last, last[active]))
-        seen[active] = sa | has
+        # Earliest / latest over whichever side has events (values where there are none are not times).
+        big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        f = np.minimum(np.where(sa, first[active], big), np.where(has, on_first, big))
+        la = np.maximum(np.where(sa, last[active], small), np.where(has, on_last, small))
+        any_ = sa | has
+        first[active] = np.where(any_, f, first[active])
+        last[active] = np.where(any_, la, last[active])
+        seen[active] = any_
         return counts, first, last, seen
 
 

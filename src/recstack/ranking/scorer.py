@@ -34,15 +34,23 @@ class HistoryBatch:
     n_events: np.ndarray
     last_time: np.ndarray
 
+    @staticmethod
+    def row(items: np.ndarray, times: np.ndarray, length: int) -> tuple[np.ndarray, int, int]:
+        """One user's part: (latest ``length`` items, number of events, latest time or -1)."""
+        return (
+            items[-length:] if length > 0 else items[:0],
+            len(items),
+            int(times.max()) if len(times) else -1,
+        )
+
     @classmethod
-    def build(cls, histories: Sequence[tuple[np.ndarray, np.ndarray]], length: int) -> HistoryBatch:
-        """From ``(items, times)`` per user, oldest first."""
-        tails = [items[-length:] if length > 0 else items[:0] for items, _ in histories]
+    def stack(cls, rows: Sequence[tuple[np.ndarray, int, int]]) -> HistoryBatch:
+        """From :meth:`row` per user."""
         return cls(
-            values=np.concatenate(tails).astype(np.int64) if tails else np.empty(0, np.int64),
-            lengths=np.array([len(t) for t in tails], dtype=np.int64),
-            n_events=np.array([len(items) for items, _ in histories], dtype=np.int64),
-            last_time=np.array([int(t.max()) if len(t) else -1 for _, t in histories], dtype=np.int64),
+            values=np.concatenate([r[0] for r in rows]).astype(np.int64) if rows else np.empty(0, np.int64),
+            lengths=np.array([len(r[0]) for r in rows], dtype=np.int64),
+            n_events=np.array([r[1] for r in rows], dtype=np.int64),
+            last_time=np.array([r[2] for r in rows], dtype=np.int64),
         )
 
 

@@ -56,7 +56,7 @@ from recstack.serving.eventlog import (
     Tailer,
 )
 from recstack.serving.experiments import active, assign
-from recstack.serving.online import LogFollower, Relay, event_time_us, materialize, open_store
+from recstack.serving.online import Relay, apply_record, event_time_us, materialize, open_store
 from recstack.serving.schemas import (
     Assignment,
     Explanation,
@@ -169,15 +169,16 @@ class Recommender:
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.feedback_log = EventLog(self.log_dir / FEEDBACK_LOG) if self.log_dir else None
-        self.online = open_store(
-            self.config.online, bundle, self.log_dir / FEEDBACK_LOG if self.log_dir else None
-        )
-        # A thread keeps the state in step with the shared log: Redis catches up with events it missed,
-        # the embedded store takes the events other workers accepted.
-        self.relay: Relay | LogFollower | None = None
+        self.online = open_store(self.config.online, bundle)
+        # A thread keeps the state in step with the shared log: Redis catches up with events it missed;
+        # the embedded store replays the log at start (acknowledged events survive a restart), then takes
+        # the events other workers accept (every 0.1 s).
+        self.relay: Relay | Tailer | None = None
         if self.log_dir is not None:
-            follow = Relay if isinstance(self.online, RedisStore) else LogFollower
-            self.relay = follow(self.online, bundle, self.config.online, self.log_dir / FEEDBACK_LOG)
+            if isinstance(self.online, RedisStore):
+                self.relay = Relay(self.online, bundle, self.config.online, self.log_dir / FEEDBACK_LOG)
+            else:
+                self.relay = Tailer(self.log_dir / FEEDBACK_LOG, self._follow, name="recstack-log-follower")
         self.shared_cache = (
             SharedResultCache(
                 self.online.client,
@@ -419,6 +420,14 @@ class Recommender:
             deadline=t0 + cfg.budgets.total_ms / 1000,
             warnings=warnings,
         )
+
+    def _follow(self, record: dict[str, Any]) -> None:
+        """A logged feedback record, met by the embedded store's log follower: applied unless this worker
+        applied it when accepting it."""
+        if not (
+            isinstance(self.online, EmbeddedStore) and self.online.forget_applied(str(record.get("event_id")))
+        ):
+            apply_record(self.online, self.bundle, self.config.online, record)
 
     def _item_activity(self, items: np.ndarray) -> ItemActivity | None:
         """Interactions with ``items`` since the snapshot, for the ranker; None when the online state
@@ -813,13 +822,12 @@ class Recommender:
         if isinstance(self.online, RedisStore):
             return materialize(self.bundle, self.online.url, self.online.ns, feedback_log=log_path)
         start = time.perf_counter()
-        fresh = open_store(self.config.online, self.bundle, log_path)
-        self.online = fresh
-        for t in self._tailers[:1]:
-            t.offset = 0
-            t.run_once()  # forgotten users stay forgotten in the fresh store
-        if isinstance(self.relay, LogFollower):
-            self.relay.store, self.relay.offset = fresh, fresh.replayed_to
+        self.online = open_store(self.config.online, self.bundle)
+        # The fresh store replays the log, then the deletion list (forgotten users stay forgotten).
+        for t in (self.relay, *self._tailers[:1]):
+            if t is not None:
+                t.offset = 0
+                t.run_once()
         return {"backend": "embedded", "seconds": round(time.perf_counter() - start, 3)}
 
     def _admin(self, record: dict[str, Any]) -> int:

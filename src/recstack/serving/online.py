@@ -39,10 +39,10 @@ def event_time_us(ts: datetime) -> int:
     return int(ts.timestamp() * 1_000_000)
 
 
-def open_store(config: OnlineConfig, bundle: Bundle, feedback_log: Path | None) -> OnlineStore:
-    """The configured backend. The embedded one replays ``feedback_log``, so acknowledged events survive
-    a restart (its ``replayed_to`` is the log offset replayed); Redis keeps its own state (loaded by
-    :func:`materialize`)."""
+def open_store(config: OnlineConfig, bundle: Bundle) -> OnlineStore:
+    """The configured backend. The embedded one starts as the bundle's snapshot: the engine's log
+    follower replays the feedback log into it (so acknowledged events survive a restart); Redis keeps its
+    own state (loaded by :func:`materialize`)."""
     if config.backend == "redis":
         url = config.redis_url or os.environ.get(REDIS_URL_ENV)
         if not url:
@@ -50,18 +50,7 @@ def open_store(config: OnlineConfig, bundle: Bundle, feedback_log: Path | None) 
                 f"online.backend is redis but neither online.redis_url nor {REDIS_URL_ENV} is set"
             )
         return RedisStore(url, config.namespace, config.timeout_ms / 1000)
-    store = EmbeddedStore(bundle.sequences, bundle.user_index)
-    offset = 0
-    if feedback_log is not None:
-        while True:
-            records, offset_next = read_from(feedback_log, offset)
-            for record, _ in records:
-                apply_record(store, bundle, config, record)
-            if offset_next == offset:
-                break
-            offset = offset_next
-    store.replayed_to = offset
-    return store
+    return EmbeddedStore(bundle.sequences, bundle.user_index)
 
 
 def apply_record(store: OnlineStore, bundle: Bundle, config: OnlineConfig, record: dict[str, Any]) -> bool:
@@ -130,39 +119,6 @@ def accepted_event(bundle: Bundle, config: OnlineConfig, record: dict[str, Any])
         time_us=event_time_us(datetime.fromisoformat(record["timestamp"])),
         payload=json.dumps(record),
     )
-
-
-class LogFollower(Periodic):
-    """Keeps an embedded store current with the events *other* workers accept (they share the log).
-
-    Every ``interval_s`` it reads the log past its offset and applies each record, skipping this worker's
-    own (already applied when accepted). Other workers' events therefore count here within the interval.
-    """
-
-    def __init__(
-        self,
-        store: EmbeddedStore,
-        bundle: Bundle,
-        config: OnlineConfig,
-        log_path: Path,
-        interval_s: float = 0.1,
-    ) -> None:
-        super().__init__(interval_s, "recstack-log-follower")
-        self.store, self.bundle, self.config = store, bundle, config
-        self.log_path, self.offset = Path(log_path), store.replayed_to
-        self.start()
-
-    def run_once(self) -> int:
-        """Apply the log's new records from other workers; returns how many were applied."""
-        applied = 0
-        while True:
-            records, end = read_from(self.log_path, self.offset)
-            for record, _ in records:
-                if not self.store.forget_applied(str(record.get("event_id"))):
-                    applied += apply_record(self.store, self.bundle, self.config, record)
-            if end == self.offset:
-                return applied
-            self.offset = end
 
 
 class Relay(Periodic):

@@ -73,6 +73,7 @@ class Job:
     as_of: int | None = None
     history: tuple[np.ndarray, np.ndarray] | None = None  # (items, times) oldest first; None = the snapshot's
     features: np.ndarray | None = None  # (N, F) the ranker's dense features of the candidates, once ranked
+    state: tuple | None = None  # HistoryBatch.row of the user's history, once read (retrieval and ranking)
     retrieved: Future = field(default_factory=Future)
     ranked: Future = field(default_factory=Future)
     abandoned: bool = False  # the request stopped waiting: skip what is left
@@ -94,16 +95,17 @@ class Stages:
         self._snapshot_end = int(bundle.sequences.times.max()) if len(bundle.sequences.times) else -1
 
     def histories(self, jobs: Sequence[Job]) -> HistoryBatch:
-        """The jobs' users' histories: each job's own (online state), else the bundle's snapshot."""
-        s = self.bundle.sequences
-        pairs = []
+        """The jobs' users' histories: each job's own (online state), else the bundle's snapshot. Each
+        job's part is computed once, for retrieval, and reused by ranking."""
+        length = self.bundle.retriever.config.history_length
         for j in jobs:
-            if j.history is not None:
-                pairs.append(j.history)
-            else:
-                h = snapshot_history(s, j.user)
-                pairs.append((h.items, h.times))
-        return HistoryBatch.build(pairs, self.bundle.retriever.config.history_length)
+            if j.state is None:
+                if j.history is None:
+                    snap = snapshot_history(self.bundle.sequences, j.user)
+                    j.state = HistoryBatch.row(snap.items, snap.times, length)
+                else:
+                    j.state = HistoryBatch.row(*j.history, length)
+        return HistoryBatch.stack([j.state for j in jobs])
 
     # ------------------------------------------------------------------------------------- retrieval
 
