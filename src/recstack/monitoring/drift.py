@@ -1,8 +1,9 @@
 """Drift of the ranking features between a reference (what the service serves on the training snapshot)
 and a served window, with Evidently's data-drift preset; the verdict per feature and overall.
 
-The method is the Wasserstein distance normed by the reference's spread, for every feature: a distance,
-so "drifted" means "moved by more than the threshold" at any traffic volume. (The p-value tests Evidently
+The method is the Wasserstein distance normed by the reference's spread for numeric columns, and the
+Jensen-Shannon distance for categorical ones: distances, so "drifted" means "moved by more than the
+threshold" at any traffic volume. (The p-value tests Evidently
 picks for small samples flag trivial shifts once a window holds tens of thousands of rows.)
 """
 
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 DRIFT_METHOD = "wasserstein"
+CATEGORICAL_METHOD = "jensenshannon"
 
 
 @dataclass
@@ -54,8 +57,11 @@ def feature_drift(
     threshold: float = 0.1,
     drift_share: float = 0.5,
     per_column_threshold: dict[str, float] | None = None,
+    categorical: list[str] | None = None,
+    categorical_threshold: float = 0.1,
 ) -> DriftResult:
-    """Drift of ``columns`` from ``reference`` to ``current`` (e.g. ``join.served_features`` frames).
+    """Drift of ``columns`` (numeric) and ``categorical`` (strings) from ``reference`` to ``current``
+    (e.g. ``join.served_features`` frames).
 
     Raises:
         ValueError: a column is missing, or a frame is empty (no verdict can be given).
@@ -63,26 +69,36 @@ def feature_drift(
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
+    categorical = list(categorical or [])
+    every = [*columns, *categorical]
     for name, frame in (("reference", reference), ("current", current)):
         if frame.is_empty():
             raise ValueError(f"the {name} data is empty: no drift verdict")
-        missing = [c for c in columns if c not in frame.columns]
+        missing = [c for c in every if c not in frame.columns]
         if missing:
             raise ValueError(f"the {name} data lacks columns {missing}")
     report = Report(
         [
             DataDriftPreset(
-                columns=columns,
+                columns=every,
                 drift_share=drift_share,
                 num_method=DRIFT_METHOD,
                 num_threshold=threshold,
+                cat_method=CATEGORICAL_METHOD,
+                cat_threshold=categorical_threshold,
                 per_column_threshold=per_column_threshold,
             )
         ]
     )
-    snapshot = report.run(
-        current_data=current.select(columns).to_pandas(), reference_data=reference.select(columns).to_pandas()
-    )
+
+    def frame(data: pl.DataFrame):
+        # Categorical columns as strings, never missing ("missing" is a category: a client that stops
+        # sending a field is exactly what the check is for).
+        return data.select(
+            *columns, *(pl.col(c).cast(pl.String).fill_null("missing") for c in categorical)
+        ).to_pandas()
+
+    snapshot = report.run(current_data=frame(current), reference_data=frame(reference))
     rows = []
     for metric in snapshot.dict()["metrics"]:
         config = metric["config"]
@@ -110,11 +126,17 @@ def feature_drift(
 
 
 def reference_features(
-    bundle_dir: str | Path, users: list[str], k: int = 10, splits: tuple[str, ...] = ("train", "valid")
+    bundle_dir: str | Path,
+    users: list[str],
+    k: int = 10,
+    splits: tuple[str, ...] = ("train", "valid"),
+    as_of: datetime | None = None,
 ) -> pl.DataFrame:
     """The ranking features of what the service serves ``users`` on the training snapshot: the same
-    engine, policy and feature logging as served traffic (every response logged), in-process."""
+    engine, policy and feature logging as served traffic (every response logged), in-process, as of
+    ``as_of`` (default: the snapshot's end), the present live traffic is served at."""
     from recstack.monitoring.join import served_features
+    from recstack.monitoring.replay import snapshot_pace
     from recstack.serving.engine import Recommender
     from recstack.serving.schemas import RecommendRequest
 
@@ -123,8 +145,10 @@ def reference_features(
             bundle_dir,
             log_dir=tmp,
             splits=splits,
-            overrides={"feature_log_rate": 1.0, "cache": {"enabled": False}},
+            overrides={"feature_log_rate": 1.0, "cache": {"enabled": False}, "clock": "wall"},
         )
+        now = as_of or snapshot_pace(bundle_dir, splits)[0]
+        rec.clock = lambda: now
         try:
             for u in users:  # (the batch path logs nothing: this is the served path, response by response)
                 rec.recommend(RecommendRequest(user_id=u, k=k))

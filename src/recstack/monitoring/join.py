@@ -48,31 +48,40 @@ FEEDBACK_SCHEMA = {
 }
 
 
+def _read_log(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The ``schema`` fields of a JSON-lines log. Polars' reader first (a day of traffic is millions of
+    lines); when it refuses the file (a torn last line after a crash, a corrupt one), the tolerant reader
+    :func:`read_events` decides: it skips a torn tail and names a corrupt line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pl.DataFrame(schema=schema)
+    try:
+        return pl.read_ndjson(path, schema=schema)
+    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError):
+        rows = [{k: r.get(k) for k in schema} for r in read_events(path)]
+        return pl.DataFrame(rows, schema=schema, strict=False)
+
+
+_RAW_RESPONSE = {
+    **{k: v for k, v in RESPONSE_SCHEMA.items() if k not in ("experiment", "variant")},
+    "experiments": pl.List(pl.Struct({"experiment": pl.String, "variant": pl.String})),
+}
+
+
 def read_responses(log_dir: str | Path) -> pl.DataFrame:
     """One row per logged response (``RESPONSE_SCHEMA``; the first experiment assignment, if any)."""
-    rows = []
-    for r in read_events(Path(log_dir) / RESPONSES_LOG):
-        exp = (r.get("experiments") or [{}])[0]
-        rows.append(
-            {
-                **{k: r.get(k) for k in RESPONSE_SCHEMA if k not in ("experiment", "variant")},
-                "user_id": str(r.get("user_id")),
-                "scores": [float("nan") if s is None else float(s) for s in r.get("scores") or []],
-                "experiment": exp.get("experiment"),
-                "variant": exp.get("variant"),
-            }
-        )
-    frame = pl.DataFrame(rows, schema=RESPONSE_SCHEMA)
-    return frame.with_columns(pl.col("at").str.to_datetime(time_zone="UTC"))
+    raw = _read_log(Path(log_dir) / RESPONSES_LOG, _RAW_RESPONSE)
+    first = pl.col("experiments").list.first()
+    return raw.with_columns(
+        pl.col("at").str.to_datetime(time_zone="UTC"),
+        pl.col("scores").list.eval(pl.element().fill_null(float("nan"))),
+        first.struct.field("experiment").alias("experiment"),
+        first.struct.field("variant").alias("variant"),
+    ).drop("experiments")
 
 
 def read_feedback(log_dir: str | Path) -> pl.DataFrame:
     """One row per logged feedback event (``FEEDBACK_SCHEMA``)."""
-    rows = [
-        {k: (None if r.get(k) is None else (r[k] if k == "position" else str(r[k]))) for k in FEEDBACK_SCHEMA}
-        for r in read_events(Path(log_dir) / FEEDBACK_LOG)
-    ]
-    frame = pl.DataFrame(rows, schema=FEEDBACK_SCHEMA)
+    frame = _read_log(Path(log_dir) / FEEDBACK_LOG, FEEDBACK_SCHEMA)
     return frame.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
 
 
@@ -134,32 +143,38 @@ def window_summary(shown: pl.DataFrame, catalog_size: int, by: tuple[str, ...] =
 
 def served_features(log_dir: str | Path) -> pl.DataFrame:
     """The ranking features of served items, for the responses that logged them (``feature_log_rate``):
-    ``request_id``, ``at``, ``position``, ``item_id``, ``score`` and one column per ``DENSE_FEATURES``."""
+    ``request_id``, ``at``, ``position``, ``item_id``, ``score`` and one column per ``DENSE_FEATURES``.
+
+    Raises:
+        ValueError: a response logged another number of features than this version computes.
+    """
     from recstack.ranking.features import DENSE_FEATURES
 
-    rows = []
-    for r in read_events(Path(log_dir) / RESPONSES_LOG):
-        feats = r.get("features")
-        if not feats:
-            continue
-        for pos, (item, score, values) in enumerate(
-            zip(r["items"], r["scores"], feats, strict=True), start=1
-        ):
-            if values is None:
-                continue
-            if len(values) != len(DENSE_FEATURES):
-                raise ValueError(
-                    f"response {r['request_id']} logged {len(values)} features; this version has "
-                    f"{len(DENSE_FEATURES)} ({list(DENSE_FEATURES)})"
-                )
-            rows.append([r["request_id"], r["at"], pos, str(item), score, *values])
     schema = {
         "request_id": pl.String,
         "at": pl.String,
-        "position": pl.Int64,
-        "item_id": pl.String,
-        "score": pl.Float64,
-        **dict.fromkeys(DENSE_FEATURES, pl.Float64),
+        "items": pl.List(pl.String),
+        "scores": pl.List(pl.Float64),
+        "features": pl.List(pl.List(pl.Float64)),
     }
-    frame = pl.DataFrame(rows, schema=schema, orient="row")
-    return frame.with_columns(pl.col("at").str.to_datetime(time_zone="UTC"))
+    raw = _read_log(Path(log_dir) / RESPONSES_LOG, schema).filter(pl.col("features").list.len() > 0)
+    rows = (
+        raw.with_columns(pl.int_ranges(1, pl.col("items").list.len() + 1).alias("position"))
+        .explode(["items", "scores", "features", "position"])
+        .drop_nulls("features")
+    )
+    widths = rows["features"].list.len().unique().to_list()
+    if widths and widths != [len(DENSE_FEATURES)]:
+        bad = rows.filter(pl.col("features").list.len() != len(DENSE_FEATURES))["request_id"][0]
+        raise ValueError(
+            f"response {bad} logged {sorted(widths)} features; this version has "
+            f"{len(DENSE_FEATURES)} ({list(DENSE_FEATURES)})"
+        )
+    return rows.select(
+        "request_id",
+        pl.col("at").str.to_datetime(time_zone="UTC"),
+        "position",
+        pl.col("items").alias("item_id"),
+        pl.col("scores").alias("score"),
+        *(pl.col("features").list.get(i).alias(name) for i, name in enumerate(DENSE_FEATURES)),
+    )

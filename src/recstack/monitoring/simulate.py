@@ -3,7 +3,13 @@
 For each held-out event (user, item), oldest first, the simulator asks the service for the user's list
 (``POST /recommend``). When the held-out item is in it the user clicks it (``POST /feedback``, with the
 request id and position), otherwise they skip the top item; ``noise`` flips that outcome at random (a
-click on another listed item, or a skip). So monitoring gets served traffic end to end, with ground truth.
+click on another listed item, or a skip). A missed held-out item is still consumed, found elsewhere (an
+``organic`` watch with no request id): what users engage with reaches the service whether or not it was
+recommended. So monitoring gets served traffic end to end, with ground truth.
+
+Time is the wall clock against a running service, or ``clock="simulated"``: request ``n`` happens at
+``start + n / rate``, without waiting (an in-process replay, :func:`recstack.monitoring.replay.replay`, sets
+the engine's clock to it), so a day of traffic at 100 requests/s is replayed in minutes.
 
 Drift can be injected from a point of the replay on (``drift.start``, a share of the events):
 
@@ -21,13 +27,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DriftKind = Literal["none", "user_mix", "category_surge", "broken_feature"]
 DEVICES = ("mobile", "desktop", "tv")
@@ -48,8 +54,17 @@ class SimulationConfig(BaseModel):
     noise: float = Field(0.05, ge=0.0, le=1.0, description="chance that a click / skip outcome flips")
     max_events: int | None = Field(None, ge=1)
     rate: float | None = Field(None, gt=0, description="requests per second; None: as fast as answered")
+    clock: Literal["wall", "simulated"] = "wall"
+    start: datetime | None = Field(None, description="simulated clock: the time of the first request")
+    organic: bool = Field(True, description="a missed held-out item is watched anyway (no request id)")
     seed: int = 0
     drift: Drift = Field(default_factory=Drift)
+
+    @model_validator(mode="after")
+    def _aware_start(self) -> SimulationConfig:
+        if self.start is not None and self.start.tzinfo is None:
+            self.start = self.start.replace(tzinfo=UTC)
+        return self
 
 
 # A client: (path, JSON body) -> (HTTP status, JSON answer). httpx.Client(...).post fits via http_poster.
@@ -115,11 +130,18 @@ def _surge_category(members: pl.DataFrame) -> str:
     return str(sizes["categories"][0])
 
 
-def simulate(post: Poster, events: pl.DataFrame, config: SimulationConfig) -> dict[str, Any]:
+def simulate(
+    post: Poster,
+    events: pl.DataFrame,
+    config: SimulationConfig,
+    set_time: Callable[[datetime], None] | None = None,
+) -> dict[str, Any]:
     """Replay ``events`` (from :func:`held_out_events`, after :func:`apply_drift`) against the service.
 
-    Returns counts (requests, hits = held-out item recommended, clicks, skips, errors by status), the
-    click-through rate before and after the drift point, and the seconds it took.
+    ``set_time`` receives each request's simulated time before it is sent (``clock="simulated"``).
+
+    Returns counts (requests, hits = held-out item recommended, clicks, skips, organic watches, errors by
+    status), the click-through rate before and after the drift point, and the seconds it took.
     """
     rng = np.random.default_rng(config.seed)
     if config.max_events is not None:  # (cut before apply_drift, so the drift starts within these)
@@ -130,11 +152,20 @@ def simulate(post: Poster, events: pl.DataFrame, config: SimulationConfig) -> di
     by_phase: dict[bool, Counter[str]] = {False: Counter(), True: Counter()}
     broken = config.drift.kind == "broken_feature"
     start = time.perf_counter()
+    simulated = config.clock == "simulated"
+    if simulated and (config.rate is None or config.start is None):
+        raise ValueError("a simulated clock needs a start and a rate (requests per simulated second)")
     for n, (user, item, drifted) in enumerate(events.select("user_id", "item_id", "drifted").iter_rows()):
-        if config.rate is not None:  # open loop at the given rate
-            wait = start + n / config.rate - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
+        if simulated:
+            at = config.start + timedelta(seconds=n / config.rate)
+            if set_time is not None:
+                set_time(at)
+        else:
+            if config.rate is not None:  # open loop at the given rate
+                wait = start + n / config.rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            at = datetime.now(UTC)
         request = {"user_id": user, "k": config.k, "surface": config.surface}
         if broken and drifted:
             request["device"] = "unknown"
@@ -158,7 +189,7 @@ def simulate(post: Poster, events: pl.DataFrame, config: SimulationConfig) -> di
             "user_id": user,
             "item_id": target,
             "event_type": "click" if clicked else "skip",
-            "timestamp": datetime.now(UTC).isoformat(),
+            "timestamp": at.isoformat(),
             "request_id": body["request_id"],
             "surface": config.surface,
             "position": listed.index(target) + 1,
@@ -166,6 +197,12 @@ def simulate(post: Poster, events: pl.DataFrame, config: SimulationConfig) -> di
         status, _ = post("/feedback", event)
         if status != 200:
             stats[f"error_{status}"] += 1
+        if config.organic and not hit:
+            organic = {"user_id": user, "item_id": item, "event_type": "watch", "timestamp": at.isoformat()}
+            status, _ = post("/feedback", organic)
+            stats["organic"] += 1
+            if status != 200:
+                stats[f"error_{status}"] += 1
         phase = by_phase[bool(drifted)]
         for c in (stats, phase):
             c["responses"] += 1

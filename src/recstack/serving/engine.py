@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -140,6 +140,10 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
@@ -192,6 +196,9 @@ class Recommender:
             else None
         )
         self.responses_log = EventLog(self.log_dir / RESPONSES_LOG, durable=False) if self.log_dir else None
+        # The time responses and feedback are stamped and checked with: the wall clock, or a replay's
+        # simulated one (monitoring.replay drives a day of traffic in minutes).
+        self.clock: Callable[[], datetime] = _utc_now
         self.started_at = time.time()
         self.reload_requested = False  # an admin reload (from any worker): the service swaps engines
         self.admin_log = EventLog(self.log_dir / ADMIN_LOG) if self.log_dir else None
@@ -478,7 +485,7 @@ class Recommender:
             item_weight=cfg.surfaces[plan.req.surface].item_weight,
             rank=plan.use_ranker and b.funnel is not None,
             history=(plan.history.items, plan.history.times),
-            as_of=int(time.time() * 1_000_000) if cfg.clock == "wall" else None,
+            as_of=int(self.clock().timestamp() * 1_000_000) if cfg.clock == "wall" else None,
         )
 
     def _collect(
@@ -747,7 +754,7 @@ class Recommender:
     def feedback(self, event: FeedbackEvent) -> FeedbackAck:
         """Validate, append durably, invalidate the user's cached results, then acknowledge."""
         limits = self.config.limits
-        now = datetime.now(UTC)
+        now = self.clock()
         ts = event.timestamp if event.timestamp.tzinfo else event.timestamp.replace(tzinfo=UTC)
         if ts > now + timedelta(seconds=limits.max_future_seconds):
             raise RequestError(
@@ -897,7 +904,7 @@ class Recommender:
             self.responses_log.append(
                 {
                     "request_id": resp.request_id,
-                    "at": datetime.now(UTC).isoformat(),
+                    "at": self.clock().isoformat(),
                     "user_id": req.user_id,
                     "surface": req.surface,
                     "k": req.k,

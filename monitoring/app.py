@@ -1,0 +1,21 @@
+"""recstack monitoring dashboard: `make dashboard` (or `streamlit run monitoring/app.py`).
+
+Reads the `monitor` stage's summary from $RECSTACK_MONITORING_DIR (default: this folder). Each page is a
+file under views/; the data loading and every verdict live in `recstack.monitoring` (tested there).
+"""
+
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).parent
+
+st.set_page_config(page_title="recstack monitoring", page_icon="📈", layout="wide")
+pages = [
+    st.Page(HERE / "views" / "overview.py", title="Overview", icon="🏠", default=True),
+    st.Page(HERE / "views" / "quality.py", title="Quality", icon="🎯", url_path="quality"),
+    st.Page(HERE / "views" / "drift.py", title="Drift", icon="🌊", url_path="drift"),
+    st.Page(HERE / "views" / "experiments.py", title="Experiments", icon="🧪", url_path="experiments"),
+    st.Page(HERE / "views" / "catalog.py", title="Catalog", icon="📚", url_path="catalog"),
+]
+st.navigation(pages).run()
