@@ -4,7 +4,7 @@ VENV_BIN := $(CURDIR)/.venv/bin
 RUN := PATH="$(VENV_BIN):$$PATH"
 PYTEST_ARGS ?=
 
-.PHONY: setup repro test test-all lab
+.PHONY: setup repro test test-all lab dashboard
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +22,6 @@ test-all: setup  ## every test, slow ones included
 
 lab: setup  ## JupyterLab with the project kernel
 	$(RUN) jupyter lab notebooks/
+
+dashboard: setup  ## the monitoring dashboard (reads monitoring/summary, written by `dvc repro monitor`)
+	$(RUN) streamlit run monitoring/app.py --server.address 127.0.0.1 --server.port 8501 --browser.gatherUsageStats false

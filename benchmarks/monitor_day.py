@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from recstack.monitoring.monitor import MonitorConfig, run_monitor
-from recstack.paths import metrics_file, project_root, stage_dir
+from recstack.paths import metrics_file, stage_dir
 from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG
 
 
@@ -88,20 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=100.0, help="requests per second")
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--window", default="1h")
+    p.add_argument("--baseline-window", default="1w", help="windows of the baseline run on the replay itself")
     p.add_argument("--source", type=Path, default=None, help="logs to tile (default: artifacts/replay)")
     p.add_argument("--keep", type=Path, default=None, help="write the day's logs here and keep them")
     args = p.parse_args(argv)
-    root = project_root()
     source = args.source or stage_dir("replay")
     bundle = stage_dir("package") / "bundle"
     if not (source / RESPONSES_LOG).is_file():
         sys.exit(f"{source} has no {RESPONSES_LOG}: run `dvc repro replay` first")
     offline = json.loads(metrics_file("evaluate").read_text())
     config = MonitorConfig(window=args.window)
-    work = Path(tempfile.mkdtemp(prefix="recstack-monitor-day-", dir=root / "artifacts"))
+    work = Path(tempfile.mkdtemp(prefix="recstack-monitor-day-"))
     try:
         t = time.perf_counter()
-        base = run_monitor(source, bundle, work / "base", config, offline)
+        base = run_monitor(source, bundle, work / "base", MonitorConfig(window=args.baseline_window), offline)
         base_s = time.perf_counter() - t
         base_n = base.status["requests"]
         logs = args.keep or work / "logs"
@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                     "monitor_seconds": round(day_s, 1),
                     "steps_seconds": {k: round(v, 1) for k, v in day.seconds.items()},
                     "peak_rss_gib": round(peak_rss_gib(), 2),
-                    "baseline": {"responses": base_n, "seconds": round(base_s, 1)},
+                    "baseline": {
+                        "responses": base_n,
+                        "windows": base.status["windows"],
+                        "seconds": round(base_s, 1),
+                    },
                     "seconds_per_million_responses": round(day_s / n * 1e6, 1),
                     "baseline_seconds_per_million": round(base_s / base_n * 1e6, 1),
                     "drifted_windows": day.status["drifted_windows"],

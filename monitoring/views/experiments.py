@@ -23,7 +23,12 @@ if s is not None:
             bars = alt.Chart(rows.select("variant", "ctr", "ctr_low", "ctr_high", "trials", "verdict"))
             st.altair_chart(
                 bars.mark_point(filled=True, size=120).encode(
-                    x=alt.X("ctr:Q", title="CTR with 95% interval", axis=alt.Axis(format="%")),
+                    x=alt.X(
+                        "ctr:Q",
+                        title="CTR with 95% interval",
+                        axis=alt.Axis(format="%"),
+                        scale=alt.Scale(zero=False),
+                    ),
                     y=alt.Y("variant:N"),
                     color="verdict:N",
                     tooltip=["variant:N", alt.Tooltip("ctr:Q", format=".2%"), "trials:Q", "verdict:N"],

@@ -72,3 +72,14 @@ def test_loader_reports_missing_and_corrupt_files(tmp_path: Path) -> None:
     assert any("status.json is unreadable" in p for p in s.problems)
     assert any("windows.parquet is unreadable" in p for p in s.problems)
     assert any("drift.parquet is missing" in p for p in s.problems)
+
+
+def test_logs_with_a_torn_tail_are_read_and_corrupt_lines_named(tmp_path: Path) -> None:
+    from recstack.monitoring.join import read_feedback
+
+    good = '{"event_id":"a","user_id":"1","item_id":"2","event_type":"click","timestamp":"2024-01-01T00:00:00Z"}\n'
+    (tmp_path / "feedback.jsonl").write_text(good + '{"event_id":"b","user_id":"1","it')  # a crash mid-write
+    assert read_feedback(tmp_path)["event_id"].to_list() == ["a"]
+    (tmp_path / "feedback.jsonl").write_text(good + "not json\n" + good)
+    with pytest.raises(ValueError, match="feedback.jsonl:2 is not a JSON record"):
+        read_feedback(tmp_path)

@@ -16,7 +16,13 @@ import polars as pl
 from recstack.monitoring.layout import REPORTS_DIR, STATUS_FILE, SUMMARY_DIR, TABLES
 
 MONITORING_DIR_ENV = "RECSTACK_MONITORING_DIR"
-STATUS_ICONS = {"ok": "🟢 ok", "warn": "🟠 warn", "alert": "🔴 alert", "no data": "⚪ no data"}
+# Streamlit colour markup (no emoji: a server's browser may lack the fonts).
+STATUS_ICONS = {
+    "ok": ":green[● ok]",
+    "warn": ":orange[● warn]",
+    "alert": ":red[● alert]",
+    "no data": ":gray[● no data]",
+}
 HEADLINE_LABELS = {
     "ctr": "CTR (from feedback)",
     "offline_ndcg@10": "Offline NDCG@10 (live model)",

@@ -8,11 +8,15 @@ it, and the time window, model version and experiment variant it belongs to.
 
 from __future__ import annotations
 
+import io
+import itertools
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
-from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG, read_events
+from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG
 
 # Feedback that counts as a positive reaction to an impression (the service's engagement events).
 POSITIVE = ("click", "watch", "like", "add_to_cart", "purchase", "share")
@@ -49,16 +53,47 @@ FEEDBACK_SCHEMA = {
 
 
 def _read_log(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """The ``schema`` fields of a JSON-lines log. Polars' reader first (a day of traffic is millions of
-    lines); when it refuses the file (a torn last line after a crash, a corrupt one), the tolerant reader
-    :func:`read_events` decides: it skips a torn tail and names a corrupt line."""
-    if not path.exists() or path.stat().st_size == 0:
-        return pl.DataFrame(schema=schema)
-    try:
-        return pl.read_ndjson(path, schema=schema)
-    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError):
-        rows = [{k: r.get(k) for k in schema} for r in read_events(path)]
-        return pl.DataFrame(rows, schema=schema, strict=False)
+    """The ``schema`` fields of a whole JSON-lines log (see :func:`iter_log`)."""
+    frames = list(iter_log(path, schema, lines=1_000_000))
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
+
+
+def iter_log(
+    path: str | Path, schema: dict[str, pl.DataType], lines: int = 200_000
+) -> Iterator[pl.DataFrame]:
+    """The ``schema`` fields of a JSON-lines log, ``lines`` records at a time (bounded memory for a day of
+    traffic). A torn last line (a crash mid-write) is skipped; a corrupt line elsewhere raises
+    ``ValueError`` naming it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        first = 1
+        while True:
+            block = list(itertools.islice(f, lines))
+            if not block:
+                return
+            data = b"".join(block)
+            try:
+                yield pl.read_ndjson(io.BytesIO(data), schema=schema)
+            except (
+                pl.exceptions.ComputeError,
+                pl.exceptions.SchemaError,
+                pl.exceptions.InvalidOperationError,
+            ):
+                rows = []
+                for n, raw in enumerate(block, start=first):
+                    if not raw.strip():
+                        continue
+                    try:
+                        r = json.loads(raw)
+                    except json.JSONDecodeError as exc:
+                        if not raw.endswith(b"\n") and not f.peek(1):  # the file's torn last line
+                            break
+                        raise ValueError(f"{path}:{n} is not a JSON record ({exc})") from None
+                    rows.append({k: r.get(k) for k in schema})
+                yield pl.DataFrame(rows, schema=schema, strict=False)
+            first += len(block)
 
 
 _RAW_RESPONSE = {

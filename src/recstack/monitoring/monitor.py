@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recstack.data.split import TRAIN, VALID
 from recstack.monitoring.drift import DriftResult, feature_drift, reference_features
 from recstack.monitoring.experiments import read_out
-from recstack.monitoring.join import POSITIVE, read_feedback, read_responses, served_features, window_summary
+from recstack.monitoring.join import POSITIVE
 from recstack.monitoring.layout import DRIFT_GROUPS, REPORTS_DIR, STATUS_FILE, SUMMARY_DIR
 from recstack.monitoring.quality import CatalogStats, attributed_engagement, quality_metrics
 from recstack.monitoring.report import save as save_report
@@ -140,14 +141,14 @@ def _stamp(window: datetime) -> str:
     return window.strftime("%Y%m%dT%H%M")
 
 
-def _reference_users(stats: CatalogStats, bundle_dir: Path, n: int, seed: int) -> list[str]:
+def _reference_users(bundle_dir: Path, splits: tuple[str, ...], n: int, seed: int) -> list[str]:
     """Users drawn in proportion to their snapshot activity (heavy users send more requests)."""
     features = bundle_dir / "features"
     events = pl.read_parquet(features / "interactions.parquet", columns=["user_id", "split"]).filter(
-        pl.col("split").is_in([TRAIN, VALID])
+        pl.col("split").is_in(list(splits))
     )
     if events.is_empty():
-        raise ValueError(f"{features} holds no train / valid events: no drift reference")
+        raise ValueError(f"{features} holds no events of splits {list(splits)}: no drift reference")
     return events.sample(n=n, with_replacement=True, seed=seed)["user_id"].cast(pl.String).to_list()
 
 
@@ -248,6 +249,101 @@ def _k(windows: pl.DataFrame) -> int:
     return int(cols[0].split("@")[1]) if cols else 10
 
 
+_LABELS = ("model_version", "ranker_version", "experiment", "variant", "served_by", *CONTEXT_COLUMNS)
+_RESPONSE_FIELDS = {
+    "request_id": pl.String,
+    "at": pl.String,
+    "user_id": pl.String,
+    "device": pl.String,
+    "region": pl.String,
+    "items": pl.List(pl.String),
+    "scores": pl.List(pl.Float64),
+    "served_by": pl.String,
+    "model_version": pl.String,
+    "ranker_version": pl.String,
+    "latency_ms": pl.Float64,
+    "experiments": pl.List(pl.Struct({"experiment": pl.String, "variant": pl.String})),
+    "features": pl.List(pl.List(pl.Float64)),
+}
+
+
+@dataclass
+class _Logs:
+    """The logs after one streaming pass: light per-response fields and the feedback in memory; each
+    window's lists and logged features on disk (``work/<kind>/<window>/<chunk>.parquet``)."""
+
+    meta: pl.DataFrame
+    feedback: pl.DataFrame
+    work: Path
+
+    def part(self, kind: str, window: datetime) -> pl.DataFrame | None:
+        files = sorted((self.work / kind / _stamp(window)).glob("*.parquet"))
+        return pl.concat([pl.read_parquet(f) for f in files]) if files else None
+
+
+def _stream_logs(log_dir: Path, work: Path, window: str) -> _Logs:
+    """Read the responses log once, in chunks, so memory holds one chunk of lists at a time."""
+    from recstack.monitoring.join import FEEDBACK_SCHEMA, iter_log
+    from recstack.serving.eventlog import FEEDBACK_LOG, RESPONSES_LOG
+
+    metas = []
+    for n, chunk in enumerate(iter_log(log_dir / RESPONSES_LOG, _RESPONSE_FIELDS)):
+        first = pl.col("experiments").list.first()
+        chunk = chunk.with_columns(
+            pl.col("at").str.to_datetime(time_zone="UTC"),
+            first.struct.field("experiment").alias("experiment"),
+            first.struct.field("variant").alias("variant"),
+        ).with_columns(pl.col("at").dt.truncate(window).alias("window"))
+        metas.append(
+            chunk.select(
+                "request_id",
+                "user_id",
+                "at",
+                "window",
+                "latency_ms",
+                *(pl.col(c).cast(pl.Categorical) for c in _LABELS),
+            )
+        )
+        logged = chunk.filter(pl.col("features").list.len() > 0)
+        for (w,), part in chunk.select("window", "request_id", "items").group_by(["window"]):
+            d = work / "items" / _stamp(w)
+            d.mkdir(parents=True, exist_ok=True)
+            part.drop("window").write_parquet(d / f"{n:06d}.parquet")
+        if logged.height:
+            rows = (
+                logged.select("window", "request_id", "items", "scores", "features")
+                .with_columns(pl.int_ranges(1, pl.col("items").list.len() + 1).alias("position"))
+                .explode(["items", "scores", "features", "position"])
+                .drop_nulls("features")
+            )
+            bad = rows.filter(pl.col("features").list.len() != len(DENSE_FEATURES))
+            if bad.height:
+                raise ValueError(
+                    f"response {bad['request_id'][0]} logged {bad['features'].list.len()[0]} features; this "
+                    f"version has {len(DENSE_FEATURES)} ({list(DENSE_FEATURES)})"
+                )
+            rows = rows.select(
+                "window",
+                pl.col("scores").alias("score"),
+                *(pl.col("features").list.get(i).alias(name) for i, name in enumerate(DENSE_FEATURES)),
+            )
+            for (w,), part in rows.group_by(["window"]):
+                d = work / "features" / _stamp(w)
+                d.mkdir(parents=True, exist_ok=True)
+                part.drop("window").write_parquet(d / f"{n:06d}.parquet")
+    meta = pl.concat(metas) if metas else pl.DataFrame()
+    frames = [
+        f.with_columns(
+            pl.col("timestamp").str.to_datetime(time_zone="UTC"), pl.col("event_type").cast(pl.Categorical)
+        )
+        for f in iter_log(
+            log_dir / FEEDBACK_LOG, {k: v for k, v in FEEDBACK_SCHEMA.items() if k != "event_id"}
+        )
+    ]
+    feedback = pl.concat(frames) if frames else pl.DataFrame(schema=FEEDBACK_SCHEMA).drop("event_id")
+    return _Logs(meta=meta, feedback=feedback, work=work)
+
+
 def run_monitor(
     log_dir: str | Path,
     bundle_dir: str | Path,
@@ -262,6 +358,9 @@ def run_monitor(
     Overview). Earlier outputs in ``out_dir/reports`` and ``out_dir/summary`` are replaced. ``work_dir``
     receives the drift reference (``reference_features.parquet``: what the checks compared with).
 
+    Memory is bounded by a window, not the log: the responses are read once in chunks; each window's
+    lists are kept on disk until it is scored. Feedback is credited to responses of any window.
+
     Raises:
         ValueError: the logs are unreadable, or hold no responses.
     """
@@ -269,146 +368,178 @@ def run_monitor(
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     log_dir, bundle_dir, out = Path(log_dir), Path(bundle_dir), Path(out_dir)
-    responses = read_responses(log_dir)
-    if responses.is_empty():
-        raise ValueError(f"{log_dir} holds no responses: nothing to monitor (is it the service's log dir?)")
-    feedback = read_feedback(log_dir)
-    win = pl.col("at").dt.truncate(cfg.window).alias("window")
-    responses = responses.with_columns(win)
-    stats = CatalogStats.from_bundle(bundle_dir, cfg.reference_splits, cfg.head_interaction_share)
-    seconds["read"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    reactions = (
-        feedback.filter(pl.col("request_id").is_not_null())
-        .group_by(["request_id", "item_id"])
-        .agg(pl.col("event_type").is_in(list(POSITIVE)).any().alias("clicked"))
-    )
-    answered = feedback.filter(pl.col("request_id").is_not_null()).select("request_id").unique()
-    # One row per impression: only what the tables need (a day at 100 requests/s is ~86M of them).
-    per_impression = ["request_id", "user_id", "window", "served_by", "latency_ms", "items"]
-    labels = ["model_version", "ranker_version", "experiment", "variant"]
-    shown = (
-        responses.select(*per_impression, *(pl.col(c).cast(pl.Categorical) for c in labels))
-        .with_columns(pl.int_ranges(1, pl.col("items").list.len() + 1).alias("position"))
-        .explode(["items", "position"])
-        .rename({"items": "item_id"})
-        .drop_nulls("item_id")
-        .join(reactions, on=["request_id", "item_id"], how="left")
-        .join(answered.with_columns(pl.lit(True).alias("feedback")), on="request_id", how="left")
-        .with_columns(pl.col("clicked").fill_null(False), pl.col("feedback").fill_null(False))
-    )
-    engaged = attributed_engagement(responses.drop("window"), feedback, POSITIVE, cfg.horizon)
-    served = window_summary(shown, stats.n_items)
-    seconds["join"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    quality_rows = []
-    for (window,), group in shown.group_by(["window"], maintain_order=False):
-        quality_rows.append(
-            {"window": window, **quality_metrics(group, engaged, stats, cfg.k, cfg.quality_sample, cfg.seed)}
-        )
-    version_rows = []
-    for (window, mv, rv, variant), group in shown.group_by(
-        ["window", "model_version", "ranker_version", "variant"]
-    ):
-        q = quality_metrics(group, engaged, stats, cfg.k, cfg.quality_sample, cfg.seed)
-        trials = group.filter(pl.col("feedback")).select("request_id").n_unique()
-        clicks = group.filter(pl.col("clicked")).select("request_id").n_unique()
-        version_rows.append(
-            {
-                "window": window,
-                "model_version": mv,
-                "ranker_version": rv,
-                "variant": variant,
-                "ctr": clicks / trials if trials else None,
-                **q,
-            }
-        )
-    windows = served.join(pl.DataFrame(quality_rows), on="window").sort("window")
-    seconds["quality"] = time.perf_counter() - t
-
-    # ---- drift: one reference each, then every window
-    t = time.perf_counter()
-    reference = reference_features(
-        bundle_dir,
-        _reference_users(stats, bundle_dir, cfg.reference_users, cfg.seed),
-        cfg.k,
-        cfg.reference_splits,
-    )
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
-        reference.write_parquet(Path(work_dir) / "reference_features.parquet")
-    current_features = served_features(log_dir).with_columns(
-        pl.col("at").dt.truncate(cfg.window).alias("window")
-    )
-    context = responses.select("window", *CONTEXT_COLUMNS)
-    first = sorted(context["window"].unique().to_list())[: cfg.drift.context_reference_windows]
-    context_reference = context.filter(pl.col("window").is_in(first))
-    engaged_items = engaged.join(responses.select("request_id", "window"), on="request_id")
-    engaged_items = engaged_items.with_columns(
-        pl.Series("category", stats.category_of[stats.index(engaged_items["item_id"])], pl.String)
-    )
-    engagement_reference = stats.interactions.sample(n=min(stats.interactions.height, 50_000), seed=cfg.seed)
-    seconds["reference"] = time.perf_counter() - t
+    with tempfile.TemporaryDirectory(prefix="recstack-monitor-", dir=work_dir) as tmp:
+        logs = _stream_logs(log_dir, Path(tmp), cfg.window)
+        if logs.meta.is_empty():
+            raise ValueError(
+                f"{log_dir} holds no responses: nothing to monitor (is it the service's log dir?)"
+            )
+        stats = CatalogStats.from_bundle(bundle_dir, cfg.reference_splits, cfg.head_interaction_share)
+        seconds["read"] = time.perf_counter() - t0
 
-    titles = quality_titles(cfg.k)
-    offline_reference = {
-        k: v
-        for k, v in ((offline_metrics or {}).get("funnel_reranked") or {}).items()
-        if isinstance(v, int | float) and k in titles
-    }
-    t = time.perf_counter()
-    for sub in (REPORTS_DIR, SUMMARY_DIR):
-        shutil.rmtree(out / sub, ignore_errors=True)
-    drift_rows: list[dict] = []
-    verdicts: list[dict] = []
-    for window in windows["window"].to_list():
-        where = out / REPORTS_DIR / _stamp(window)
-        where.mkdir(parents=True, exist_ok=True)
-        flags: dict[str, Any] = {"window": window}
-        checks = {
-            "features": (
-                reference,
-                current_features.filter(pl.col("window") == window),
-                [c for c in FEATURE_COLUMNS if c not in cfg.drift.exclude],
-                [],
-            ),
-            "context": (
-                context_reference,
-                context.filter(pl.col("window") == window),
-                [],
-                list(CONTEXT_COLUMNS),
-            ),
-            "engagement": (
-                engagement_reference,
-                engaged_items.filter(pl.col("window") == window),
-                [],
-                ["category"],
-            ),
+        t = time.perf_counter()
+        meta, feedback = logs.meta, logs.feedback
+        tied = feedback.filter(pl.col("request_id").is_not_null())
+        reactions = tied.group_by(["request_id", "item_id"]).agg(
+            pl.col("event_type").cast(pl.String).is_in(list(POSITIVE)).any().alias("clicked")
+        )
+        per_request = (
+            meta.select("request_id", "window", "experiment", "variant", "latency_ms", "served_by")
+            .join(
+                tied.group_by("request_id").agg(
+                    pl.lit(True).alias("feedback"),
+                    pl.col("event_type").cast(pl.String).is_in(list(POSITIVE)).any().alias("clicked"),
+                ),
+                on="request_id",
+                how="left",
+            )
+            .with_columns(pl.col("feedback").fill_null(False), pl.col("clicked").fill_null(False))
+        )
+        served = per_request.group_by("window").agg(
+            pl.len().alias("requests"),
+            (pl.col("clicked").sum() / pl.col("feedback").sum()).alias("ctr"),
+            pl.col("latency_ms").quantile(0.5).alias("p50_latency_ms"),
+            pl.col("latency_ms").quantile(0.95).alias("p95_latency_ms"),
+            (pl.col("served_by").cast(pl.String) != "funnel").mean().alias("fallback_rate"),
+        )
+        engaged = attributed_engagement(
+            meta.select("request_id", "user_id", "at"),
+            feedback.with_columns(pl.col("event_type").cast(pl.String)),
+            POSITIVE,
+            cfg.horizon,
+        )
+        seconds["join"] = time.perf_counter() - t
+
+        # ---- references (once)
+        t = time.perf_counter()
+        reference = reference_features(
+            bundle_dir,
+            _reference_users(bundle_dir, cfg.reference_splits, cfg.reference_users, cfg.seed),
+            cfg.k,
+            cfg.reference_splits,
+        )
+        if work_dir is not None:
+            reference.write_parquet(Path(work_dir) / "reference_features.parquet")
+        context = meta.select("window", *(pl.col(c).cast(pl.String) for c in CONTEXT_COLUMNS))
+        window_list = sorted(served["window"].to_list())
+        first = window_list[: cfg.drift.context_reference_windows]
+        context_reference = context.filter(pl.col("window").is_in(first))
+        engaged_items = engaged.join(meta.select("request_id", "window"), on="request_id")
+        engaged_items = engaged_items.with_columns(
+            pl.Series("category", stats.category_of[stats.index(engaged_items["item_id"])], pl.String)
+        )
+        engagement_reference = stats.interactions.sample(
+            n=min(stats.interactions.height, 50_000), seed=cfg.seed
+        )
+        seconds["reference"] = time.perf_counter() - t
+
+        titles = quality_titles(cfg.k)
+        offline_reference = {
+            k: v
+            for k, v in ((offline_metrics or {}).get("funnel_reranked") or {}).items()
+            if isinstance(v, int | float) and k in titles
         }
-        for group, (ref, cur, numeric, categorical) in checks.items():
-            rows, drifted = _check(group, ref, cur, cfg.drift, numeric, categorical, where, window)
-            drift_rows += rows
-            flags[f"{group}_drift"] = drifted
-        verdicts.append(flags)
-        q = windows.filter(pl.col("window") == window).row(0, named=True)
-        by_position = (
-            shown.filter(pl.col("window") == window)
-            .group_by("position")
-            .agg(pl.len().alias("impressions"), pl.col("clicked").mean().alias("ctr"))
-            .sort("position")
-        )
-        snapshot = values_report(
-            {k: q[k] for k in titles if k in q},
-            {k: float(v) for k, v in offline_reference.items() if k in q},
-            {"CTR by position": by_position.to_dicts()},
-            titles={
-                k: f"{t} (offline: the model's evaluate value)" if k in offline_reference else t
-                for k, t in titles.items()
-            },
-        )
-        save_report(snapshot, where, "quality")
+        for sub in (REPORTS_DIR, SUMMARY_DIR):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        drift_rows: list[dict] = []
+        verdicts: list[dict] = []
+        quality_rows: list[dict] = []
+        version_rows: list[dict] = []
+        exposures: list[pl.DataFrame] = []
+        seconds["quality"] = seconds["drift"] = 0.0
+        labels = meta.select("request_id", "model_version", "ranker_version", "variant")
+        for window in window_list:
+            # ---- quality of the window's lists
+            t = time.perf_counter()
+            lists = logs.part("items", window)
+            assert lists is not None  # every window comes from some response
+            shown = (
+                lists.with_columns(pl.int_ranges(1, pl.col("items").list.len() + 1).alias("position"))
+                .explode(["items", "position"])
+                .rename({"items": "item_id"})
+                .drop_nulls("item_id")
+                .join(reactions, on=["request_id", "item_id"], how="left")
+                .with_columns(pl.col("clicked").fill_null(False))
+                .join(meta.select("request_id", "user_id"), on="request_id", how="left")
+            )
+            q = quality_metrics(shown, engaged, stats, cfg.k, cfg.quality_sample, cfg.seed)
+            row = served.filter(pl.col("window") == window).row(0, named=True)
+            quality_rows.append({**row, "impressions": shown.height, **q})
+            by_version = shown.join(labels, on="request_id", how="left")
+            for (mv, rv, variant), group in by_version.group_by(
+                ["model_version", "ranker_version", "variant"]
+            ):
+                g = per_request.filter(pl.col("request_id").is_in(group["request_id"].unique().implode()))
+                trials = int(g["feedback"].sum())
+                version_rows.append(
+                    {
+                        "window": window,
+                        "model_version": mv,
+                        "ranker_version": rv,
+                        "variant": variant,
+                        "ctr": int(g["clicked"].sum()) / trials if trials else None,
+                        **quality_metrics(group, engaged, stats, cfg.k, cfg.quality_sample, cfg.seed),
+                    }
+                )
+            exposures.append(
+                shown.group_by("item_id").agg(
+                    pl.len().alias("impressions"), pl.col("clicked").sum().alias("clicks")
+                )
+            )
+            by_position = (
+                shown.group_by("position")
+                .agg(pl.len().alias("impressions"), pl.col("clicked").mean().alias("ctr"))
+                .sort("position")
+            )
+            where = out / REPORTS_DIR / _stamp(window)
+            where.mkdir(parents=True, exist_ok=True)
+            values = quality_rows[-1]
+            snapshot = values_report(
+                {k: values[k] for k in titles if k in values},
+                {k: float(v) for k, v in offline_reference.items() if k in values},
+                {"CTR by position": by_position.to_dicts()},
+                titles={
+                    k: f"{t} (offline: the model's evaluate value)" if k in offline_reference else t
+                    for k, t in titles.items()
+                },
+            )
+            save_report(snapshot, where, "quality")
+            seconds["quality"] += time.perf_counter() - t
+
+            # ---- drift of the window
+            t = time.perf_counter()
+            features = logs.part("features", window)
+            flags: dict[str, Any] = {"window": window}
+            checks = {
+                "features": (
+                    reference,
+                    features if features is not None else reference.clear(),
+                    [c for c in FEATURE_COLUMNS if c not in cfg.drift.exclude],
+                    [],
+                ),
+                "context": (
+                    context_reference,
+                    context.filter(pl.col("window") == window),
+                    [],
+                    list(CONTEXT_COLUMNS),
+                ),
+                "engagement": (
+                    engagement_reference,
+                    engaged_items.filter(pl.col("window") == window),
+                    [],
+                    ["category"],
+                ),
+            }
+            for group_name, (ref, cur, numeric, categorical) in checks.items():
+                rows, drifted = _check(group_name, ref, cur, cfg.drift, numeric, categorical, where, window)
+                drift_rows += rows
+                flags[f"{group_name}_drift"] = drifted
+            verdicts.append(flags)
+            seconds["drift"] += time.perf_counter() - t
+
+    windows = pl.DataFrame(quality_rows).sort("window")
     drift = pl.DataFrame(
         drift_rows,
         schema={
@@ -424,21 +555,13 @@ def run_monitor(
     )
     windows = windows.join(
         pl.DataFrame(verdicts, schema_overrides={f"{g}_drift": pl.Boolean for g in DRIFT_GROUPS}), on="window"
-    )
-    windows = windows.with_columns(
+    ).with_columns(
         pl.any_horizontal(*(pl.col(f"{g}_drift").fill_null(False) for g in DRIFT_GROUPS)).alias("drifted"),
         pl.col("window").dt.strftime("%Y%m%dT%H%M").alias("report_dir"),
     )
-    seconds["drift"] = time.perf_counter() - t
 
     # ---- experiments, catalog
     t = time.perf_counter()
-    per_request = shown.group_by("request_id").agg(
-        pl.col("experiment").first(),
-        pl.col("variant").first(),
-        pl.col("feedback").first(),
-        pl.col("clicked").any(),
-    )
     counts = (
         per_request.drop_nulls("experiment")
         .group_by(["experiment", "variant"])
@@ -447,11 +570,12 @@ def run_monitor(
             pl.col("feedback").sum().alias("trials"),
             (pl.col("clicked") & pl.col("feedback")).sum().alias("successes"),
         )
+        .with_columns(pl.col("experiment").cast(pl.String), pl.col("variant").cast(pl.String))
     )
     e = cfg.experiments
     experiments = read_out(counts, alpha=e.alpha, power=e.power, mde=e.mde)
-    exposure = shown.group_by("item_id").agg(
-        pl.len().alias("impressions"), pl.col("clicked").sum().alias("clicks")
+    exposure = (
+        pl.concat(exposures).group_by("item_id").agg(pl.col("impressions").sum(), pl.col("clicks").sum())
     )
     idx = np.arange(1, stats.n_items + 1)
     catalog = (
@@ -488,7 +612,13 @@ def run_monitor(
     tables = {
         "windows": windows,
         "drift": drift,
-        "versions": pl.DataFrame(version_rows).sort("window") if version_rows else pl.DataFrame(),
+        "versions": (
+            pl.DataFrame(version_rows)
+            .with_columns(pl.col(c).cast(pl.String) for c in ("model_version", "ranker_version", "variant"))
+            .sort("window")
+            if version_rows
+            else pl.DataFrame()
+        ),
         "experiments": experiments,
         "catalog": catalog,
         "categories": categories,

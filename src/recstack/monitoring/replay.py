@@ -94,7 +94,13 @@ def replay(
         update={"clock": "simulated", "start": config.start or start, "rate": config.rate or rate}
     )
     # Live semantics: features as of the (simulated) present, not as of each user's own latest event.
-    overrides: dict[str, Any] = {"feature_log_rate": feature_log_rate, "clock": "wall"}
+    # No result cache: its TTL is wall-clock time, and the simulated clock runs ~1000x faster (a cached
+    # list would be hours of replayed time old, and which requests hit it would depend on the machine).
+    overrides: dict[str, Any] = {
+        "feature_log_rate": feature_log_rate,
+        "clock": "wall",
+        "cache": {"enabled": False},
+    }
     if experiments is not None:
         overrides["experiments"] = experiments
     rec = Recommender.load(bundle_dir, log_dir=out, splits=serve, overrides=overrides)
