@@ -28,10 +28,20 @@ if s is not None:
         else:
             st.subheader("Score / threshold by window (above 1 = drifted)")
             st.altair_chart(
-                alt.Chart(m.select("window", "check", "ratio", "score", "threshold", "drifted"))
+                alt.Chart(
+                    m.select(
+                        pl.col("window").dt.strftime("%Y-%m-%d %H:%M").alias("day"),
+                        "window",
+                        "check",
+                        "ratio",
+                        "score",
+                        "threshold",
+                        "drifted",
+                    )
+                )
                 .mark_rect()
                 .encode(
-                    x=alt.X("window:T", title="window"),
+                    x=alt.X("day:O", title="window"),
                     y=alt.Y("check:N", title=None),
                     color=alt.Color(
                         "ratio:Q",
@@ -69,11 +79,18 @@ if s is not None:
             )
             st.altair_chart(line + rule, use_container_width=True)
         st.subheader("A window in detail")
-        pick = st.selectbox("Window", windows["report_dir"].to_list()[::-1])
+        # Newest first, and the newest window with a verdict preselected (the last one is often partial).
+        options = windows["report_dir"].to_list()[::-1]
+        judged = windows.filter(pl.any_horizontal(pl.col("^.*_drift$").is_not_null()))["report_dir"].to_list()
+        pick = st.selectbox("Window", options, index=options.index(judged[-1]) if judged else 0)
         row = windows.filter(pl.col("report_dir") == pick).row(0, named=True)
         detail = drift.filter(pl.col("window") == row["window"]).select(
             "group", "column", "score", "threshold", "drifted", "note"
         )
         st.dataframe(detail, hide_index=True)
         group = st.radio("Report", ["features", "context", "engagement"], horizontal=True)
-        embed_report(s.report(pick, f"drift_{group}"), f"{group} drift report")
+        verdict = detail.filter(pl.col("group") == group)
+        if verdict.height and verdict["column"].is_null().all():
+            st.info(f"No {group} drift verdict for this window: {verdict['note'][0]}.")
+        else:
+            embed_report(s.report(pick, f"drift_{group}"), f"{group} drift report")
