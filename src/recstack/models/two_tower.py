@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor, PoolingType
 
 from recstack.models.inputs import Bag, pooled_embeddings
 
@@ -94,6 +94,10 @@ class Tower(nn.Module):
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(features)  # KeyedTensor, values() (B, n_features * dim)
+        if pooled.keys() != self.feature_names:
+            # A sharded EBC (DistributedModelParallel) returns its features grouped by shard, not in the
+            # order of the tables: put them back in the order the MLP was built for.
+            return self.mlp(KeyedTensor.regroup([pooled], [self.feature_names])[0])
         return self.mlp(pooled.values())
 
     def embed_bags(self, bags: dict[str, Bag]) -> torch.Tensor:

@@ -55,6 +55,41 @@ class RetrievalData:
         return np.log(np.maximum(expected, 1e-12)).astype(np.float32)
 
 
+def sampled_softmax_loss(
+    q: torch.Tensor,
+    c: torch.Tensor,
+    items: torch.Tensor,
+    log_q: torch.Tensor,
+    temperature: float,
+    labels: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Sampled softmax with log-Q correction and accidental-hit masking.
+
+    Args:
+        q: ``(B, D)`` query embeddings.
+        c: ``(N, D)`` candidate embeddings: the positives and the negatives of the batch.
+        items: ``(N,)`` item index of each candidate.
+        log_q: ``(n_items + 1,)`` log sampling frequency of each item (:meth:`RetrievalData.log_q`).
+        temperature: the scores are ``q @ c.T / temperature``.
+        labels: ``(B,)`` column of each query's positive in ``c``; default ``arange(B)`` (the positives
+            come first). Distributed training passes the rank's offset into the all-gathered candidates.
+        reduction: ``mean`` or ``sum`` over the ``B`` queries (``F.cross_entropy``).
+
+    Returns:
+        The loss, a scalar.
+    """
+    b = q.shape[0]
+    if labels is None:
+        labels = torch.arange(b, device=q.device)
+    logits = q @ c.T / temperature - log_q[items][None, :]
+    # The positive may also sit elsewhere in the batch (same item, another user): not a negative.
+    hit = items[None, :] == items[labels][:, None]
+    hit[torch.arange(b, device=q.device), labels] = False
+    logits = logits.masked_fill(hit, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
 class ExampleBatches(Dataset):
     """Index-batch dataset: ``__getitem__`` receives a list of example rows and returns a whole batch."""
 
@@ -159,15 +194,8 @@ class RetrievalSystem(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         q = self.model.query(batch["query"])  # (B, D)
         c = self.model.candidate(batch["candidate"])  # (B + R, D)
-        items = batch["items"]
-        b = q.shape[0]
-        logits = q @ c.T / self.model.config.temperature - self.log_q[items][None, :]
-        # The positive may also sit elsewhere in the batch (same item, another user): not a negative.
-        hit = items[None, :] == items[:b, None]
-        hit[torch.arange(b), torch.arange(b)] = False
-        logits = logits.masked_fill(hit, torch.finfo(logits.dtype).min)
-        loss = F.cross_entropy(logits, torch.arange(b))
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=b)
+        loss = sampled_softmax_loss(q, c, batch["items"], self.log_q, self.model.config.temperature)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=q.shape[0])
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -1,0 +1,175 @@
+"""Sharded checkpoints of distributed two-tower training, and their consolidation into a serving artifact.
+
+A checkpoint is a ``torch.distributed.checkpoint`` (DCP) directory: every rank writes the shards it owns
+(the ShardedTensors of table- and column-wise tables and of their fused optimizer state), replicated
+tensors (MLPs, data-parallel tables, AdamW state) are written once, and ``meta.json`` (rank 0) holds the
+architecture, the settings, the step and the example sampler's random state. DCP reshards on load, so a
+checkpoint loads under another sharding or world size, and into a plain single-process :class:`TwoTower`
+(:func:`consolidate`), which is how the single-file artifact that serving loads is made.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torchrec.optim.keyed import KeyedOptimizer
+
+from recstack.features.spec import FeatureSpec
+from recstack.jsonio import read_json
+from recstack.models.artifact import ModelCard, save_artifact
+from recstack.models.two_tower import TwoTower, TwoTowerConfig
+
+META_FILE = "meta.json"
+# The training module wraps the TwoTower as its ``model`` attribute: checkpoint keys carry this prefix.
+MODEL_PREFIX = "model."
+
+
+@contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """DCP warns whenever it runs without a process group, even when asked to: here that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+@dataclass
+class CheckpointMeta:
+    """What ``meta.json`` holds next to the DCP shards.
+
+    Attributes:
+        step: optimizer steps taken when the checkpoint was written.
+        config: the architecture.
+        settings: the training settings (batch size, seed, learning rates, sharding...).
+        sampler_state: ``numpy.random.Generator.bit_generator.state`` of the example sampler (random negatives),
+            so a resumed run draws the negatives the uninterrupted run would have drawn.
+        world_size: ranks that wrote the checkpoint (informative: any world size can load it).
+    """
+
+    step: int
+    config: TwoTowerConfig
+    settings: dict[str, Any]
+    sampler_state: dict[str, Any]
+    world_size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.config.model_dump(),
+            "settings": self.settings,
+            "sampler_state": self.sampler_state,
+            "world_size": self.world_size,
+        }
+
+    @classmethod
+    def read(cls, checkpoint_dir: str | Path) -> CheckpointMeta:
+        path = Path(checkpoint_dir) / META_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist: {checkpoint_dir} is not a recstack distributed checkpoint "
+                "(expected a directory written by save_checkpoint)"
+            )
+        raw = read_json(path)
+        return cls(
+            step=int(raw["step"]),
+            config=TwoTowerConfig(**raw["config"]),
+            settings=raw["settings"],
+            sampler_state=raw["sampler_state"],
+            world_size=int(raw["world_size"]),
+        )
+
+
+def save_checkpoint(
+    checkpoint_dir: str | Path, module: nn.Module, optimizer: KeyedOptimizer, meta: CheckpointMeta
+) -> Path:
+    """Write model and optimizer state with DCP (a collective: every rank calls it), then ``meta.json``.
+
+    Args:
+        checkpoint_dir: the directory (created).
+        module: the DistributedModelParallel (or, single-process, the plain) training module.
+        optimizer: the keyed optimizer of all parameters (fused embedding optimizer included).
+        meta: step, config, settings and sampler state.
+    """
+    out = Path(checkpoint_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with _quiet_single_process():
+        dcp.save({"model": module.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=str(out))
+    # dcp.save returns on every rank once the metadata is written, so meta.json marks a complete checkpoint.
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        # Not write_json: sorting the keys would reorder the config's feature dicts, whose order is the
+        # order of the towers' MLP inputs.
+        (out / META_FILE).write_text(json.dumps(meta.to_json(), indent=2) + "\n")
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def load_checkpoint(
+    checkpoint_dir: str | Path, module: nn.Module, optimizer: KeyedOptimizer
+) -> CheckpointMeta:
+    """Load a checkpoint in place into ``module`` and ``optimizer`` (a collective), resharding as needed."""
+    meta = CheckpointMeta.read(checkpoint_dir)
+    # KeyedOptimizer loads into existing state tensors; optimizer state is lazy, so create it first (the
+    # dummy step may move the weights, which the model load below overwrites).
+    optimizer.init_state()
+    state = {"model": module.state_dict(), "optim": optimizer.state_dict()}
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(checkpoint_dir))
+    module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optim"])
+    return meta
+
+
+def load_two_tower(checkpoint_dir: str | Path) -> TwoTower:
+    """The checkpoint's weights as one plain :class:`TwoTower` in this process (no process group needed).
+
+    DCP assembles every table from the shards all ranks wrote; the optimizer state is not read.
+    """
+    meta = CheckpointMeta.read(checkpoint_dir)
+    model = TwoTower(meta.config)
+    state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    with _quiet_single_process():
+        dcp.load({"model": state}, checkpoint_id=str(checkpoint_dir), no_dist=True)
+    model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in state.items()})
+    model.eval()
+    return model
+
+
+def consolidate(
+    checkpoint_dir: str | Path,
+    features_dir: str | Path,
+    out_dir: str | Path,
+    training: dict[str, Any] | None = None,
+) -> ModelCard:
+    """Turn a sharded checkpoint into the single-file model artifact that serving and evaluation load.
+
+    Args:
+        checkpoint_dir: a directory written by :func:`save_checkpoint`.
+        features_dir: the ``features`` stage output the model was trained on (its spec is copied).
+        out_dir: the artifact directory (replaced).
+        training: what to record as the card's ``training`` section (default: the checkpoint's settings
+            and step).
+
+    Returns:
+        The artifact's model card.
+    """
+    meta = CheckpointMeta.read(checkpoint_dir)
+    model = load_two_tower(checkpoint_dir)
+    return save_artifact(
+        out_dir,
+        model,
+        kind="two_tower",
+        config=meta.config,
+        features_dir=features_dir,
+        spec=FeatureSpec.load(features_dir),
+        similarity=meta.config.similarity,
+        training=training or {"settings": meta.settings, "steps": meta.step},
+    )
