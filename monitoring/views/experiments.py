@@ -4,7 +4,7 @@ import altair as alt
 import streamlit as st
 from common import require_data
 
-from recstack.monitoring.dashboard import verdict_sentence
+from recstack.monitoring.dashboard import cutoff, variant_quality, verdict_sentence
 
 s = require_data("Experiments")
 if s is not None:
@@ -53,3 +53,9 @@ if s is not None:
                 ),
                 hide_index=True,
             )
+            versions, windows = s.table("versions"), s.table("windows")
+            if versions is not None and windows is not None:
+                st.caption("Quality of each variant's lists (means over the windows, weighted by lists)")
+                st.dataframe(
+                    variant_quality(versions, rows["variant"].to_list(), cutoff(windows)), hide_index=True
+                )

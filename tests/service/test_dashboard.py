@@ -64,6 +64,8 @@ def test_every_page_with_simulated_data(name: str, undrifted: Path, monkeypatch:
         assert at.dataframe  # the chosen window's verdicts
     if name == "experiments":
         assert "control is the control" in text(at) and at.dataframe
+        quality = at.dataframe[-1].value  # the variants' list quality beside their CTR
+        assert sorted(quality["variant"]) == ["control", "no_mmr"] and (quality["ndcg@10"] >= 0).all()
     if name == "catalog":
         assert at.metric[0].label == "Items shown at least once"
     if name == "quality":

@@ -118,3 +118,35 @@ def verdict_sentence(row: dict[str, Any], mde: float) -> str:
 def cutoff(windows: pl.DataFrame) -> int:
     """The K of the windows table's metrics (``ndcg@K``...); 10 if none is there."""
     return next((int(c.split("@")[1]) for c in windows.columns if c.startswith("ndcg@")), 10)
+
+
+def variant_quality(versions: pl.DataFrame, variants: list[str], k: int) -> pl.DataFrame:
+    """Per variant: the quality metrics of its lists over all windows, each window weighted by its lists.
+    (Means only: the confidence intervals are the CTR's, in the experiments table.)"""
+    metrics = [
+        c
+        for c in (
+            f"ndcg@{k}",
+            f"precision@{k}",
+            f"recall@{k}",
+            f"diversity@{k}",
+            f"novelty@{k}",
+            f"coverage@{k}",
+            "personalization",
+            "tail_share",
+        )
+        if c in versions.columns
+    ]
+    return (
+        versions.filter(pl.col("variant").is_in(variants))
+        .group_by("variant")
+        .agg(
+            pl.col("lists").sum(),
+            *(
+                (pl.col(m).fill_nan(None) * pl.col("lists")).sum()
+                / pl.col("lists").filter(pl.col(m).is_not_nan()).sum()
+                for m in metrics
+            ),
+        )
+        .sort("variant")
+    )

@@ -153,6 +153,18 @@ def impressions(log_dir: str | Path, window: str = "1h") -> pl.DataFrame:
     )
 
 
+def request_summary(per_request: pl.DataFrame, by: tuple[str, ...] = ("window",)) -> pl.DataFrame:
+    """Per group of responses (one row each: ``clicked``, ``feedback``, ``latency_ms``, ``served_by``):
+    requests, CTR of the responses that got feedback, latency percentiles and fallback rate."""
+    return per_request.group_by(list(by)).agg(
+        pl.len().alias("requests"),
+        (pl.col("clicked").sum() / pl.col("feedback").sum()).alias("ctr"),
+        pl.col("latency_ms").quantile(0.5).alias("p50_latency_ms"),
+        pl.col("latency_ms").quantile(0.95).alias("p95_latency_ms"),
+        (pl.col("served_by").cast(pl.String) != "funnel").mean().alias("fallback_rate"),
+    )
+
+
 def window_summary(shown: pl.DataFrame, catalog_size: int, by: tuple[str, ...] = ("window",)) -> pl.DataFrame:
     """Per group of :func:`impressions` (default per window): requests, impressions, CTR of the responses
     that got feedback, latency percentiles, fallback rate and catalog coverage."""
@@ -160,15 +172,9 @@ def window_summary(shown: pl.DataFrame, catalog_size: int, by: tuple[str, ...] =
         pl.col("clicked").any().alias("clicked"),
         pl.col("feedback").first(),
         pl.col("latency_ms").first(),
-        (pl.col("served_by").first() != "funnel").alias("fallback"),
+        pl.col("served_by").first(),
     )
-    requests = per_request.group_by(list(by)).agg(
-        pl.len().alias("requests"),
-        (pl.col("clicked").sum() / pl.col("feedback").sum()).alias("ctr"),
-        pl.col("latency_ms").quantile(0.5).alias("p50_latency_ms"),
-        pl.col("latency_ms").quantile(0.95).alias("p95_latency_ms"),
-        pl.col("fallback").mean().alias("fallback_rate"),
-    )
+    requests = request_summary(per_request, by)
     items = shown.group_by(list(by)).agg(
         pl.len().alias("impressions"),
         (pl.col("item_id").n_unique() / catalog_size).alias("coverage"),

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recstack.data.split import TRAIN, VALID
 from recstack.monitoring.drift import DriftResult, feature_drift, reference_features
 from recstack.monitoring.experiments import read_out
-from recstack.monitoring.join import POSITIVE
+from recstack.monitoring.join import POSITIVE, request_summary
 from recstack.monitoring.layout import DRIFT_GROUPS, REPORTS_DIR, STATUS_FILE, SUMMARY_DIR
 from recstack.monitoring.quality import CatalogStats, attributed_engagement, quality_metrics
 from recstack.monitoring.report import save as save_report
@@ -249,6 +249,7 @@ def _k(windows: pl.DataFrame) -> int:
     return int(cols[0].split("@")[1]) if cols else 10
 
 
+_VERSION_KEYS = ("model_version", "ranker_version", "variant")
 _LABELS = ("model_version", "ranker_version", "experiment", "variant", "served_by", *CONTEXT_COLUMNS)
 _RESPONSE_FIELDS = {
     "request_id": pl.String,
@@ -305,7 +306,15 @@ def _stream_logs(log_dir: Path, work: Path, window: str) -> _Logs:
             )
         )
         logged = chunk.filter(pl.col("features").list.len() > 0)
-        for (w,), part in chunk.select("window", "request_id", "items").group_by(["window"]):
+        # A window's lists carry what its quality tables group by, so scoring never joins the whole day.
+        lists = chunk.select(
+            "window",
+            "request_id",
+            "user_id",
+            "items",
+            *(pl.col(c).cast(pl.Categorical) for c in _VERSION_KEYS),
+        )
+        for (w,), part in lists.group_by(["window"]):
             d = work / "items" / _stamp(w)
             d.mkdir(parents=True, exist_ok=True)
             part.drop("window").write_parquet(d / f"{n:06d}.parquet")
@@ -386,7 +395,7 @@ def run_monitor(
             pl.col("event_type").cast(pl.String).is_in(list(POSITIVE)).any().alias("clicked")
         )
         per_request = (
-            meta.select("request_id", "window", "experiment", "variant", "latency_ms", "served_by")
+            meta.select("request_id", "window", "experiment", *_VERSION_KEYS, "latency_ms", "served_by")
             .join(
                 tied.group_by("request_id").agg(
                     pl.lit(True).alias("feedback"),
@@ -397,12 +406,9 @@ def run_monitor(
             )
             .with_columns(pl.col("feedback").fill_null(False), pl.col("clicked").fill_null(False))
         )
-        served = per_request.group_by("window").agg(
-            pl.len().alias("requests"),
-            (pl.col("clicked").sum() / pl.col("feedback").sum()).alias("ctr"),
-            pl.col("latency_ms").quantile(0.5).alias("p50_latency_ms"),
-            pl.col("latency_ms").quantile(0.95).alias("p95_latency_ms"),
-            (pl.col("served_by").cast(pl.String) != "funnel").mean().alias("fallback_rate"),
+        served = request_summary(per_request)
+        version_ctr = request_summary(per_request, ("window", *_VERSION_KEYS)).select(
+            "window", *_VERSION_KEYS, "ctr"
         )
         engaged = attributed_engagement(
             meta.select("request_id", "user_id", "at"),
@@ -449,7 +455,6 @@ def run_monitor(
         version_rows: list[dict] = []
         exposures: list[pl.DataFrame] = []
         seconds["quality"] = seconds["drift"] = 0.0
-        labels = meta.select("request_id", "model_version", "ranker_version", "variant")
         for window in window_list:
             # ---- quality of the window's lists
             t = time.perf_counter()
@@ -462,25 +467,19 @@ def run_monitor(
                 .drop_nulls("item_id")
                 .join(reactions, on=["request_id", "item_id"], how="left")
                 .with_columns(pl.col("clicked").fill_null(False))
-                .join(meta.select("request_id", "user_id"), on="request_id", how="left")
             )
-            q = quality_metrics(shown, engaged, stats, cfg.k, cfg.quality_sample, cfg.seed)
+            engaged_here = engaged_items.filter(pl.col("window") == window)
+            q = quality_metrics(shown, engaged_here, stats, cfg.k, cfg.quality_sample, cfg.seed)
             row = served.filter(pl.col("window") == window).row(0, named=True)
             quality_rows.append({**row, "impressions": shown.height, **q})
-            by_version = shown.join(labels, on="request_id", how="left")
-            for (mv, rv, variant), group in by_version.group_by(
-                ["model_version", "ranker_version", "variant"]
-            ):
-                g = per_request.filter(pl.col("request_id").is_in(group["request_id"].unique().implode()))
-                trials = int(g["feedback"].sum())
+            for (mv, rv, variant), group in shown.group_by(list(_VERSION_KEYS)):
                 version_rows.append(
                     {
                         "window": window,
                         "model_version": mv,
                         "ranker_version": rv,
                         "variant": variant,
-                        "ctr": int(g["clicked"].sum()) / trials if trials else None,
-                        **quality_metrics(group, engaged, stats, cfg.k, cfg.quality_sample, cfg.seed),
+                        **quality_metrics(group, engaged_here, stats, cfg.k, cfg.quality_sample, cfg.seed),
                     }
                 )
             exposures.append(
@@ -614,7 +613,13 @@ def run_monitor(
         "drift": drift,
         "versions": (
             pl.DataFrame(version_rows)
-            .with_columns(pl.col(c).cast(pl.String) for c in ("model_version", "ranker_version", "variant"))
+            .with_columns(pl.col(c).cast(pl.String) for c in _VERSION_KEYS)
+            .join(
+                version_ctr.with_columns(pl.col(c).cast(pl.String) for c in _VERSION_KEYS),
+                on=["window", *_VERSION_KEYS],
+                how="left",
+                nulls_equal=True,
+            )
             .sort("window")
             if version_rows
             else pl.DataFrame()
