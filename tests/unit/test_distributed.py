@@ -41,11 +41,13 @@ from recstack.training.distributed import (
 from recstack.training.retrieval import sampled_softmax_loss
 from recstack.training.sharded_checkpoint import consolidate, load_two_tower
 from recstack.training.sharding import sharding_constraints
+from recstack.training.streaming import build_sequences, open_sequences
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.distributed
 
 SHARDINGS = ("table_wise", "column_wise", "data_parallel")
+STREAMED = "column_wise"  # this sharding's job serves its examples from disk (--sequences-dir)
 # Tiny model, a few steps; dropout 0 so that the 2-process and 1-process runs are comparable step by step.
 SETTINGS = {
     "steps": 20,
@@ -105,7 +107,10 @@ def sharded_run(small_features: Path, tmp_path_factory: pytest.TempPathFactory) 
     def run(sharding: str) -> Path:
         if sharding not in done:
             out = tmp_path_factory.mktemp(f"dmp_{sharding}")
-            torchrun([*_cli_args(small_features, out, sharding), "--checkpoint-every", str(CHECKPOINT_EVERY)])
+            args = [*_cli_args(small_features, out, sharding), "--checkpoint-every", str(CHECKPOINT_EVERY)]
+            if sharding == STREAMED:  # examples from memory-mapped arrays: the parity tests cover it too
+                args += ["--sequences-dir", str(out / "sequences")]
+            torchrun(args)
             done[sharding] = out
         return done[sharding]
 
@@ -156,6 +161,30 @@ def test_sharding_constraints_name_every_table_and_split_columns_evenly(small_fe
     assert "row_wise" not in next(iter(sharding_constraints(module, "auto", 2).values())).sharding_types
     with pytest.raises(ValueError, match="sharding must be one of"):
         sharding_constraints(module, "row_wise", 2)  # type: ignore[arg-type]
+
+
+def test_sequences_laid_out_on_disk_equal_the_in_memory_ones(small_features: Path, tmp_path: Path) -> None:
+    """Built out of core in chunks of 500 rows (many user ranges), memory-mapped: the same arrays."""
+    tables, data = load_retrieval_data(small_features)
+    d = build_sequences(
+        small_features / "interactions.parquet",
+        ("train",),
+        tables.spec.user_id.size,
+        tmp_path,
+        chunk_rows=500,
+    )
+    on_disk = open_sequences(d)
+    assert isinstance(on_disk.items, np.memmap)
+    for name in ("items", "times", "offsets"):
+        np.testing.assert_array_equal(getattr(on_disk, name), getattr(data.sequences, name), err_msg=name)
+    rows = np.array([0, 1, 57, len(on_disk.items) - 1])
+    np.testing.assert_array_equal(on_disk.users_of(rows), data.sequences.example_users()[rows])
+    assert (
+        build_sequences(
+            small_features / "interactions.parquet", ("train",), tables.spec.user_id.size, tmp_path
+        )
+        == d
+    )  # the finished layout is reused
 
 
 # --- 2-process jobs ---------------------------------------------------------------------------------------

@@ -148,3 +148,26 @@ def test_unparseable_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="source 'events' could not be parsed into rows: found more fields"):
         columns = {"user_id": "uid", "item_id": "sku", "timestamp": "ts"}
         ingest("events", tmp_path / "ragged.csv", tmp_path / "out", options={"columns": columns})
+
+
+def test_partitioned_validation_equals_one_part(tmp_path: Path, broken_log: dict) -> None:
+    """Parts of 2 rows (so 6+ user parts) give the same report, quarantine and clean rows as one part."""
+    one, many = tmp_path / "one", tmp_path / "many"
+    common = {"options": broken_log, "max_bad_fraction": 0.9, "as_of": AS_OF}
+    a = ingest("events", tmp_path / "events.csv", one, partition_rows=0, **common).report
+    b = ingest("events", tmp_path / "events.csv", many, partition_rows=2, **common).report
+    assert a.model_dump() == b.model_dump()
+    for name in ("quarantine/interactions.parquet", "items.parquet", "users.parquet"):
+        assert pl.read_parquet(one / name).equals(pl.read_parquet(many / name)), name
+    key = ["user_id", "item_id", "timestamp", "event_type"]
+    clean_one = pl.read_parquet(one / "interactions.parquet").sort(key)
+    assert clean_one.equals(pl.read_parquet(many / "interactions.parquet").sort(key))
+    # The duplicate is the repeat (row 11), never its first occurrence, whichever part user u1 fell in.
+    assert b.problems[[p.problem for p in b.problems].index("duplicate")].examples[0]["_row"] == 11
+    # The scratch parts are gone.
+    assert not list(tmp_path.glob(".recstack-scratch-*"))
+
+
+def test_partition_rows_must_not_be_negative(tmp_path: Path, broken_log: dict) -> None:
+    with pytest.raises(ValueError, match="partition_rows must be positive"):
+        ingest("events", tmp_path / "events.csv", tmp_path / "o", options=broken_log, partition_rows=-1)

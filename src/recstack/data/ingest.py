@@ -12,6 +12,7 @@ import polars as pl
 
 from recstack.data.adapters import load_source
 from recstack.data.io import write_canonical
+from recstack.data.partition import DEFAULT_PARTITION_ROWS, scratch_dir
 from recstack.data.schema import USER_ID, DataError, RawData
 from recstack.data.validate import ValidationReport, validate
 
@@ -59,6 +60,7 @@ def ingest(
     as_of: str | datetime | None = None,
     future_tolerance_hours: float = 24.0,
     deletion_list: str | Path | None = None,
+    partition_rows: int | None = DEFAULT_PARTITION_ROWS,
 ) -> IngestResult:
     """Read ``source`` at ``path``, validate it and write the clean canonical dataset to ``out_dir``.
 
@@ -77,6 +79,9 @@ def ingest(
         deletion_list: users to leave out entirely (their events and attributes): the service's deletion
             list (JSON lines with ``user_id``, as the admin "forget" operation writes) or plain lines of
             user ids. Missing file = nobody.
+        partition_rows: a longer interaction log is validated in user parts of about this many rows, so
+            memory stays bounded however long the log is (:mod:`recstack.data.partition`); 0 / None = one
+            part in memory.
 
     Raises:
         IngestError: validation failed; the message names the problems, the report and the quarantine.
@@ -86,29 +91,33 @@ def ingest(
     forgotten = read_deletion_list(deletion_list) if deletion_list is not None else set()
     if forgotten:
         raw = drop_users(raw, forgotten)
-    result = validate(
-        raw,
-        max_bad_fraction=max_bad_fraction,
-        as_of=_parse_as_of(as_of),
-        future_tolerance=timedelta(hours=future_tolerance_hours),
-    )
     out = Path(out_dir)
-    qdir = out / QUARANTINE_DIR
-    qdir.mkdir(parents=True, exist_ok=True)
-    for table, frame in result.quarantine.items():
-        frame.write_parquet(qdir / f"{table}.parquet")
-    report_path = out / REPORT_FILE
-    report_path.write_text(result.report.model_dump_json(indent=2) + "\n")
-    if not result.report.passed:
-        raise IngestError(result.report.failure_message(str(report_path), str(qdir)))
-    info = {
-        "source": source,
-        "path": str(path),
-        "options": options or {},
-        "rows": result.report.clean_stats,
-        "forgotten_users": len(forgotten),
-    }
-    write_canonical(result.data, out, info=info)
+    # The scratch parts sit beside the output (same disk) and go once the clean tables are written.
+    with scratch_dir(out.parent) as work:
+        result = validate(
+            raw,
+            max_bad_fraction=max_bad_fraction,
+            as_of=_parse_as_of(as_of),
+            future_tolerance=timedelta(hours=future_tolerance_hours),
+            partition_rows=partition_rows,
+            workdir=work,
+        )
+        qdir = out / QUARANTINE_DIR
+        qdir.mkdir(parents=True, exist_ok=True)
+        for table, frame in result.quarantine.items():
+            frame.write_parquet(qdir / f"{table}.parquet")
+        report_path = out / REPORT_FILE
+        report_path.write_text(result.report.model_dump_json(indent=2) + "\n")
+        if not result.report.passed:
+            raise IngestError(result.report.failure_message(str(report_path), str(qdir)))
+        info = {
+            "source": source,
+            "path": str(path),
+            "options": options or {},
+            "rows": result.report.clean_stats,
+            "forgotten_users": len(forgotten),
+        }
+        write_canonical(result.data, out, info=info)
     return IngestResult(out_dir=out, report=result.report)
 
 

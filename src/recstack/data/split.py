@@ -20,7 +20,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-import numpy as np
 import polars as pl
 
 from recstack.data.schema import ITEM_ID, TIMESTAMP, TIMESTAMP_DTYPE, USER_ID, DataError
@@ -91,18 +90,20 @@ def _quantile_time(ts: pl.Series, q: float) -> datetime:
     return ts.sort()[min(int(q * len(ts)), len(ts) - 1)]
 
 
-def split_global_temporal(
-    interactions: pl.DataFrame,
-    test_fraction: float = 0.2,
-    valid_fraction: float = 0.2,
+def global_cutoffs(
+    timestamps: pl.Series,
+    test_fraction: float,
+    valid_fraction: float,
     cutoff: str | datetime | None = None,
     valid_cutoff: str | datetime | None = None,
-) -> pl.DataFrame:
-    """Global temporal split: ``timestamp >= cutoff`` is test; valid is the same rule inside train."""
-    df = _canonical_order(interactions)
-    ts = df[TIMESTAMP]
-    cut = _as_utc(cutoff) if cutoff is not None else _quantile_time(ts, 1.0 - test_fraction)
-    train_ts = ts.filter(ts < cut)
+) -> tuple[datetime, datetime]:
+    """The test and valid cut-off times of the global temporal split over a log's ``timestamps``.
+
+    Unless given, the test cut-off is the ``1 - test_fraction`` nearest-rank quantile of all times and the
+    valid cut-off the ``1 - valid_fraction`` quantile of the times before it.
+    """
+    cut = _as_utc(cutoff) if cutoff is not None else _quantile_time(timestamps, 1.0 - test_fraction)
+    train_ts = timestamps.filter(timestamps < cut)
     if train_ts.len() == 0:
         raise DataError(
             f"global_temporal split: no interaction before the cut-off {cut}; choose a later cutoff"
@@ -110,6 +111,23 @@ def split_global_temporal(
     vcut = (
         _as_utc(valid_cutoff) if valid_cutoff is not None else _quantile_time(train_ts, 1.0 - valid_fraction)
     )
+    return cut, vcut
+
+
+def split_global_temporal(
+    interactions: pl.DataFrame,
+    test_fraction: float = 0.2,
+    valid_fraction: float = 0.2,
+    cutoff: str | datetime | None = None,
+    valid_cutoff: str | datetime | None = None,
+) -> pl.DataFrame:
+    """Global temporal split: ``timestamp >= cutoff`` is test; valid is the same rule inside train.
+
+    A log processed in parts passes both cut-offs (:func:`global_cutoffs` over the whole log), so that
+    every part is cut at the same times.
+    """
+    df = _canonical_order(interactions)
+    cut, vcut = global_cutoffs(df[TIMESTAMP], test_fraction, valid_fraction, cutoff, valid_cutoff)
     t = pl.col(TIMESTAMP)
     split = (
         pl.when(t >= pl.lit(cut, dtype=TIMESTAMP_DTYPE))
@@ -124,12 +142,24 @@ def split_global_temporal(
 def split_random(
     interactions: pl.DataFrame, test_fraction: float = 0.2, valid_fraction: float = 0.2, seed: int = 42
 ) -> pl.DataFrame:
-    """Seeded random split of individual interactions (independent of input row order)."""
+    """Seeded random split of individual interactions.
+
+    Each row's draw is a seeded hash of its (user, item, time, event type), so it depends neither on the
+    input's row order nor on how a long log is cut into parts. (Polars' hash is stable for a given Polars
+    version; the recorded environment pins it.)
+    """
     df = _canonical_order(interactions)
-    r = np.random.default_rng(seed).random(df.height)
+    key = pl.struct(USER_ID, ITEM_ID, TIMESTAMP, "event_type")
+    u = key.hash(seed) / float(2**64)  # uniform on [0, 1)
     valid_edge = test_fraction + (1.0 - test_fraction) * valid_fraction
-    labels = np.where(r < test_fraction, TEST, np.where(r < valid_edge, VALID, TRAIN))
-    return df.with_columns(pl.Series(SPLIT, labels, dtype=pl.String))
+    split = (
+        pl.when(u < test_fraction)
+        .then(pl.lit(TEST))
+        .when(u < valid_edge)
+        .then(pl.lit(VALID))
+        .otherwise(pl.lit(TRAIN))
+    )
+    return df.with_columns(split.alias(SPLIT))
 
 
 def make_split(
@@ -140,8 +170,8 @@ def make_split(
     valid_fraction: float = 0.2,
     min_user_interactions: int = 5,
     seed: int = 42,
-    cutoff: str | None = None,
-    valid_cutoff: str | None = None,
+    cutoff: str | datetime | None = None,
+    valid_cutoff: str | datetime | None = None,
 ) -> pl.DataFrame:
     """Dispatch to a split method by name (``features.split.method`` in params.yaml)."""
     for name, f in (("test_fraction", test_fraction), ("valid_fraction", valid_fraction)):

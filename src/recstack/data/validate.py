@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -37,6 +38,7 @@ from recstack.data.parse import (
     parse_float,
     parse_timestamp,
 )
+from recstack.data.partition import Parts, count_rows, n_parts_for, partition
 from recstack.data.schema import (
     CATEGORIES,
     CATEGORIES_DTYPE,
@@ -260,21 +262,12 @@ def _validate_users(
     return clean, quarantine, _summaries("users", quarantine, USER_PROBLEMS, n_examples)
 
 
-def _validate_interactions(
-    inter: pl.LazyFrame,
-    *,
-    user_int: bool,
-    item_int: bool,
-    fmt: str,
-    latest_allowed: datetime,
-    known_items: pl.Series | None,
-    n_examples: int,
-) -> tuple[pl.DataFrame, pl.DataFrame, list[ProblemSummary]]:
+def _type_interactions(inter: pl.LazyFrame, *, user_int: bool, item_int: bool, fmt: str) -> pl.LazyFrame:
+    """Source rows with their 1-based row number and typed ``_U, _I, _T, _V, _E`` beside the originals."""
     schema = inter.collect_schema()
     _require(schema, "interactions", (USER_ID, ITEM_ID, TIMESTAMP))
-    original = list(schema.names())
     has_value, has_event = VALUE in schema, EVENT_TYPE in schema
-    frame = inter.with_row_index(ROW, offset=1).with_columns(
+    return inter.with_row_index(ROW, offset=1).with_columns(
         cast_id(USER_ID, schema[USER_ID], user_int).alias(_U),
         cast_id(ITEM_ID, schema[ITEM_ID], item_int).alias(_I),
         parse_timestamp(TIMESTAMP, schema[TIMESTAMP], fmt).alias(_T),
@@ -284,6 +277,22 @@ def _validate_interactions(
         .alias(_V),
         (pl.col(EVENT_TYPE).cast(pl.String) if has_event else pl.lit(DEFAULT_EVENT_TYPE)).alias(_E),
     )
+
+
+def _validate_interaction_part(
+    part: pl.LazyFrame,
+    schema: pl.Schema,
+    *,
+    latest_allowed: datetime,
+    known_items: pl.Series | None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Flag the problems of one part (typed rows holding whole users) and split it into clean / quarantine.
+
+    Duplicates are found within the part, which is exact because a duplicate shares its user with the row
+    it repeats. The part is put back into source order first, so "the first occurrence stays clean".
+    """
+    original = list(schema.names())
+    has_value, has_event = VALUE in schema, EVENT_TYPE in schema
     missing_user = is_blank(USER_ID, schema[USER_ID]) | pl.col(_U).is_null()
     missing_item = is_blank(ITEM_ID, schema[ITEM_ID]) | pl.col(_I).is_null()
     bad_ts = pl.col(_T).is_null()
@@ -304,7 +313,7 @@ def _validate_interactions(
         if known_items is not None
         else pl.lit(False),
     }
-    annotated = frame.with_columns(_problem_column(flags)).collect()
+    annotated = part.sort(ROW).with_columns(_problem_column(flags)).collect()
     clean_exprs = [
         pl.col(_U).alias(USER_ID),
         pl.col(_I).alias(ITEM_ID),
@@ -312,8 +321,65 @@ def _validate_interactions(
         pl.col(_E).alias(EVENT_TYPE),
         pl.col(_V).alias(VALUE),
     ]
-    clean, quarantine = _split(annotated, original, clean_exprs)
-    return clean, quarantine, _summaries("interactions", quarantine, INTERACTION_PROBLEMS, n_examples)
+    return _split(annotated, original, clean_exprs)
+
+
+@dataclass
+class _InteractionTally:
+    """What the report needs from the interaction parts, added up part by part."""
+
+    n_examples: int
+    users_table: pl.DataFrame | None
+    clean_rows: int = 0
+    interacting_users: int = 0
+    first: datetime | None = None
+    last: datetime | None = None
+    items: pl.Series | None = None
+    users: pl.Series | None = None
+    events: pl.DataFrame | None = None
+    summaries: dict[str, ProblemSummary] = field(default_factory=dict)
+    without_user_row: int = 0
+    without_examples: list = field(default_factory=list)
+
+    def add(self, clean: pl.DataFrame, quarantine: pl.DataFrame) -> None:
+        self.clean_rows += clean.height
+        # Parts hold disjoint users, so distinct users add up.
+        self.interacting_users += clean[USER_ID].n_unique()
+        if clean.height:
+            lo, hi = clean[TIMESTAMP].min(), clean[TIMESTAMP].max()
+            self.first = lo if self.first is None else min(self.first, lo)
+            self.last = hi if self.last is None else max(self.last, hi)
+        self.items = _union(self.items, clean[ITEM_ID].unique())
+        events = clean.group_by(EVENT_TYPE).len()
+        self.events = events if self.events is None else _sum_counts(self.events, events, EVENT_TYPE)
+        for s in _summaries("interactions", quarantine, INTERACTION_PROBLEMS, self.n_examples):
+            self.summaries[s.problem] = _merge_summary(self.summaries.get(s.problem), s, self.n_examples)
+        part_users = clean.select(USER_ID).unique()
+        if self.users_table is None:
+            self.users = _union(self.users, part_users[USER_ID])
+        else:
+            without = part_users.join(self.users_table.select(USER_ID), on=USER_ID, how="anti")[USER_ID]
+            self.without_user_row += without.len()
+            self.without_examples += without.head(self.n_examples).to_list()
+
+    def problems(self) -> list[ProblemSummary]:
+        return [self.summaries[p] for p in INTERACTION_PROBLEMS if p in self.summaries]
+
+
+def _union(acc: pl.Series | None, values: pl.Series) -> pl.Series:
+    return values if acc is None else pl.concat([acc, values]).unique()
+
+
+def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, key: str) -> pl.DataFrame:
+    return pl.concat([a, b]).group_by(key).agg(pl.col("len").sum())
+
+
+def _merge_summary(a: ProblemSummary | None, b: ProblemSummary, n_examples: int) -> ProblemSummary:
+    # Examples are the first rows of the source that have the problem, whichever part they fell in.
+    if a is None:
+        return b
+    examples = sorted([*a.examples, *b.examples], key=lambda e: e[ROW])[:n_examples]
+    return ProblemSummary(table=a.table, problem=a.problem, count=a.count + b.count, examples=examples)
 
 
 def _joint_int(frames: list[tuple[pl.LazyFrame | None, str]]) -> tuple[bool, bool]:
@@ -352,6 +418,8 @@ def validate(
     as_of: datetime | None = None,
     future_tolerance: timedelta = timedelta(days=1),
     n_examples: int = 5,
+    partition_rows: int | None = None,
+    workdir: Path | None = None,
 ) -> ValidationResult:
     """Validate and type a source's tables.
 
@@ -361,6 +429,10 @@ def validate(
         as_of: "now" for the future-timestamp check (default: the current UTC time).
         future_tolerance: clock skew allowed beyond ``as_of`` before a timestamp counts as future.
         n_examples: example rows kept per problem in the report.
+        partition_rows: with ``workdir``, a longer interaction log is validated in user parts of about
+            this many rows (:mod:`recstack.data.partition`), so memory does not grow with the log.
+        workdir: scratch directory for the parts; the clean interactions of a partitioned log are
+            returned as a scan of Parquet files there, so it must outlive the result's use.
 
     Returns:
         Clean tables, quarantined rows (original values as text, ``_row`` = 1-based source row, ``problem``
@@ -397,40 +469,46 @@ def validate(
         problems += p
         warnings += w
         known_items = items[ITEM_ID]
-    inter, quarantine["interactions"], p = _validate_interactions(
+    users: pl.DataFrame | None = None
+    user_problems: list[ProblemSummary] = []
+    if raw.users is not None:
+        users, quarantine["users"], user_problems = _validate_users(raw.users, user_int, n_examples)
+
+    inter, quarantine["interactions"], tally = _validate_interaction_log(
         raw.interactions,
         user_int=user_int,
         item_int=item_int,
         fmt=raw.timestamp_format,
         latest_allowed=latest_allowed,
         known_items=known_items,
+        users=users,
         n_examples=n_examples,
+        partition_rows=partition_rows,
+        workdir=workdir,
     )
-    problems += p
+    problems += tally.problems()
     if raw.items is None:
         notes.append("the source has no item table: the catalog is the set of interacted items")
-        items = _items_from_interactions(inter)
+        items = _items_from_interactions(tally.items)
         quarantine["items"] = pl.DataFrame(schema={ROW: pl.UInt32, PROBLEM: pl.String})
-    if raw.users is not None:
-        users, quarantine["users"], p = _validate_users(raw.users, user_int, n_examples)
-        problems += p
-        without = inter.select(USER_ID).unique().join(users.select(USER_ID), on=USER_ID, how="anti")
-        if without.height:
+    if users is not None:
+        problems += user_problems
+        if tally.without_user_row:
             warnings.append(
                 ProblemSummary(
                     table="users",
                     problem="interacting_users_without_user_row",
-                    count=without.height,
-                    examples=[{USER_ID: str(v)} for v in without[USER_ID].head(n_examples)],
+                    count=tally.without_user_row,
+                    examples=[{USER_ID: str(v)} for v in tally.without_examples[:n_examples]],
                 )
             )
     else:
         notes.append("the source has no user table: users have no attributes")
-        users = inter.select(USER_ID).unique().sort(USER_ID)
+        users = tally.users.sort().to_frame(USER_ID)
         quarantine["users"] = pl.DataFrame(schema={ROW: pl.UInt32, PROBLEM: pl.String})
 
     rows = {
-        "interactions": inter.height + quarantine["interactions"].height,
+        "interactions": tally.clean_rows + quarantine["interactions"].height,
         "items": items.height + quarantine["items"].height,
         "users": users.height + quarantine["users"].height,
     }
@@ -444,21 +522,60 @@ def validate(
         bad_rows=bad,
         bad_fraction=frac,
         max_bad_fraction=max_bad_fraction,
-        passed=all(f <= max_bad_fraction for f in frac.values()) and inter.height > 0,
+        passed=all(f <= max_bad_fraction for f in frac.values()) and tally.clean_rows > 0,
         problems=problems,
         warnings=warnings,
         notes=notes,
-        clean_stats=_clean_stats(inter, items, users),
+        clean_stats=_clean_stats(tally, items, users),
     )
-    data = CanonicalData(interactions=inter.lazy(), items=items.lazy(), users=users.lazy())
+    data = CanonicalData(interactions=inter, items=items.lazy(), users=users.lazy())
     return ValidationResult(data=data, quarantine=quarantine, report=report)
 
 
-def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
+def _validate_interaction_log(
+    interactions: pl.LazyFrame,
+    *,
+    user_int: bool,
+    item_int: bool,
+    fmt: str,
+    latest_allowed: datetime,
+    known_items: pl.Series | None,
+    users: pl.DataFrame | None,
+    n_examples: int,
+    partition_rows: int | None,
+    workdir: Path | None,
+) -> tuple[pl.LazyFrame, pl.DataFrame, _InteractionTally]:
+    """Validate the interaction log part by part; returns the clean rows, the quarantine and the tally."""
+    schema = interactions.collect_schema()
+    typed = _type_interactions(interactions, user_int=user_int, item_int=item_int, fmt=fmt)
+    n_parts = n_parts_for(count_rows(interactions), partition_rows) if workdir is not None else 1
+    parts = partition(typed, pl.col(_U), n_parts, workdir) if workdir is not None else Parts([typed])
+    tally = _InteractionTally(n_examples=n_examples, users_table=users)
+    clean_frames: list[pl.DataFrame] = []
+    clean_files: list[Path] = []
+    quarantines: list[pl.DataFrame] = []
+    for i, part in enumerate(parts):
+        clean, bad = _validate_interaction_part(
+            part, schema, latest_allowed=latest_allowed, known_items=known_items
+        )
+        tally.add(clean, bad)
+        quarantines.append(bad)
+        if n_parts == 1:
+            clean_frames.append(clean)
+        else:
+            assert workdir is not None
+            clean_files.append(workdir / f"clean-{i:05d}.parquet")
+            clean.write_parquet(clean_files[-1])
+        del clean
+    quarantine = pl.concat(quarantines).sort(ROW) if len(quarantines) > 1 else quarantines[0]
+    inter = clean_frames[0].lazy() if n_parts == 1 else pl.scan_parquet(clean_files)
+    return inter, quarantine, tally
+
+
+def _items_from_interactions(item_ids: pl.Series) -> pl.DataFrame:
     return (
-        inter.select(ITEM_ID)
-        .unique()
-        .sort(ITEM_ID)
+        item_ids.sort()
+        .to_frame(ITEM_ID)
         .with_columns(
             pl.lit(None, dtype=pl.String).alias(TITLE),
             pl.lit([], dtype=CATEGORIES_DTYPE).alias(CATEGORIES),
@@ -468,22 +585,19 @@ def _items_from_interactions(inter: pl.DataFrame) -> pl.DataFrame:
 
 
 def _clean_stats(
-    inter: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame
+    tally: _InteractionTally, items: pl.DataFrame, users: pl.DataFrame
 ) -> dict[str, int | float | str | None]:
-    n_u = inter[USER_ID].n_unique() if inter.height else 0
+    n_u = tally.interacting_users
     n_i = items.height
-    ts = inter[TIMESTAMP]
+    events = tally.events.sort(EVENT_TYPE) if tally.events is not None else pl.DataFrame()
     return {
-        "interactions": inter.height,
+        "interactions": tally.clean_rows,
         "interacting_users": n_u,
         "users": users.height,
         "items": n_i,
-        "interacted_items": inter[ITEM_ID].n_unique() if inter.height else 0,
-        "density": inter.height / (n_u * n_i) if n_u and n_i else 0.0,
-        "first_timestamp": str(ts.min()) if inter.height else None,
-        "last_timestamp": str(ts.max()) if inter.height else None,
-        "event_types": ", ".join(
-            f"{r[EVENT_TYPE]}={r['len']}"
-            for r in inter.group_by(EVENT_TYPE).len().sort(EVENT_TYPE).to_dicts()
-        ),
+        "interacted_items": tally.items.len() if tally.clean_rows else 0,
+        "density": tally.clean_rows / (n_u * n_i) if n_u and n_i else 0.0,
+        "first_timestamp": str(tally.first) if tally.clean_rows else None,
+        "last_timestamp": str(tally.last) if tally.clean_rows else None,
+        "event_types": ", ".join(f"{r[EVENT_TYPE]}={r['len']}" for r in events.to_dicts()),
     }

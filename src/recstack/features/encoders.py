@@ -52,12 +52,22 @@ class Vocabulary(BaseModel):
             max_size: keep at most this many values (the most frequent).
         """
         counts = values.drop_nulls().value_counts(name="__count")
-        counts = counts.filter(pl.col("__count") >= min_count).sort(
-            ["__count", values.name], descending=[True, False]
+        return cls.from_counts(counts, values.name, name, min_count=min_count, max_size=max_size)
+
+    @classmethod
+    def from_counts(
+        cls, counts: pl.DataFrame, column: str, name: str, min_count: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
+        """Build from value counts (``column`` and ``__count``), e.g. added up over the parts of a long log.
+
+        Same order as :meth:`fit`: the most frequent first, ties by value; nulls ignored.
+        """
+        counts = counts.filter(pl.col(column).is_not_null() & (pl.col("__count") >= min_count)).sort(
+            ["__count", column], descending=[True, False]
         )
         if max_size is not None:
             counts = counts.head(max_size)
-        vals = counts[values.name]
+        vals = counts[column]
         dtype: Literal["int", "str"] = "int" if vals.dtype.is_integer() else "str"
         vocab = cls(name=name, value_dtype=dtype, size=vals.len())
         vocab._values = vals.cast(pl.Int64 if dtype == "int" else pl.String).rename("value")

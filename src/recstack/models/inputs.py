@@ -304,6 +304,10 @@ class Sequences:
         """``(N,)`` the user of each row."""
         return np.repeat(np.arange(len(self.offsets) - 1), self.lengths())
 
+    def users_of(self, rows: np.ndarray) -> np.ndarray:
+        """``(B,)`` the user of each of ``rows`` (a search in the offsets: no per-row array is held)."""
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
     def matrix(self, n_items: int) -> sp.csr_matrix:
         """Binary ``(n_users + 1, n_items)`` CSR of the observed (user, item) pairs."""
         m = sp.csr_matrix(
@@ -319,7 +323,7 @@ class Sequences:
         Returns:
             values ``(nnz,)`` and lengths ``(B,)``, oldest first within a row.
         """
-        user_start = self.offsets[np.searchsorted(self.offsets, rows, side="right") - 1]
+        user_start = self.offsets[self.users_of(rows)]
         starts = np.maximum(user_start, rows - max_length)
         return gather_ranges(self.items, starts, rows - starts), rows - starts
 

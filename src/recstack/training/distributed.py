@@ -55,8 +55,9 @@ from recstack.data.io import INTERACTIONS_FILE
 from recstack.data.split import SPLIT, TRAIN, VALID
 from recstack.evaluation.metrics import ranking_metrics
 from recstack.evaluation.topk import interaction_matrix
+from recstack.features.transform import ITEM_IDX, USER_IDX
 from recstack.jsonio import write_json
-from recstack.models.inputs import FeatureTables, Sequences, query_bags, to_kjt
+from recstack.models.inputs import FeatureTables, Sequences, gather_ranges, query_bags, to_kjt
 from recstack.models.two_tower import Similarity, TwoTower, TwoTowerConfig
 from recstack.retrieval.two_tower import TwoTowerRetriever
 from recstack.training.common import seed_everything
@@ -72,6 +73,7 @@ from recstack.training.sharding import (
     shard,
     start_cluster,
 )
+from recstack.training.streaming import build_sequences, open_sequences
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +111,51 @@ def global_batches(n_examples: int, batch_size: int, seed: int) -> Iterator[np.n
             yield order[s : s + batch_size]
 
 
-def load_retrieval_data(features_dir: str | Path) -> tuple[FeatureTables, RetrievalData]:
-    """Feature tables and the train-split examples with the valid split to score (phase 1 of P1)."""
+def load_retrieval_data(
+    features_dir: str | Path,
+    *,
+    sequences_dir: str | Path | None = None,
+    max_valid_users: int | None = None,
+    seed: int = 0,
+    cluster: Cluster | None = None,
+) -> tuple[FeatureTables, RetrievalData]:
+    """Feature tables and the train-split examples with the valid split to score (phase 1 of P1).
+
+    Args:
+        features_dir: the features stage's output.
+        sequences_dir: serve the examples from disk: the train sequences are laid out there once
+            (:func:`recstack.training.streaming.build_sequences`, by rank 0 while the others wait) and
+            memory-mapped, so the process never holds the log. None: read into memory.
+        max_valid_users: score at most this many valid users (a seeded sample): full-catalog ranking of
+            every valid user of a 5M-user log is hours of work for a number a sample gives as well.
+        seed: the sample's seed.
+        cluster: the process group (for the build-then-wait on rank 0).
+    """
     tables = FeatureTables.load(features_dir)
-    interactions = pl.read_parquet(Path(features_dir) / INTERACTIONS_FILE)
+    path = Path(features_dir) / INTERACTIONS_FILE
     n_users, n_items = tables.spec.user_id.size, tables.spec.item_id.size
-    data = RetrievalData(
-        tables.items,
-        tables.users,
-        Sequences.from_interactions(interactions.filter(pl.col(SPLIT) == TRAIN), n_users),
-        interaction_matrix(interactions.filter(pl.col(SPLIT) == VALID), n_users, n_items),
-    )
+    if sequences_dir is None:
+        interactions = pl.read_parquet(path)
+        sequences = Sequences.from_interactions(interactions.filter(pl.col(SPLIT) == TRAIN), n_users)
+        valid = interactions.filter(pl.col(SPLIT) == VALID).select(USER_IDX, ITEM_IDX)
+    else:
+        if cluster is None or cluster.rank == 0:
+            build_sequences(path, (TRAIN,), n_users, sequences_dir)
+        if cluster is not None and cluster.distributed:
+            dist.barrier()
+        sequences = open_sequences(sequences_dir)
+        valid = (
+            pl.scan_parquet(path)
+            .filter(pl.col(SPLIT) == VALID)
+            .select(USER_IDX, ITEM_IDX)
+            .collect(engine="streaming")
+        )
+    if max_valid_users is not None:
+        users = np.unique(valid[USER_IDX].to_numpy())
+        if len(users) > max_valid_users:
+            keep = np.random.default_rng(seed).choice(users, size=max_valid_users, replace=False)
+            valid = valid.filter(pl.col(USER_IDX).is_in(np.sort(keep)))
+    data = RetrievalData(tables.items, tables.users, sequences, interaction_matrix(valid, n_users, n_items))
     return tables, data
 
 
@@ -143,9 +179,25 @@ def valid_metrics(artifact_dir: Path, tables: FeatureTables, data: RetrievalData
     retriever = TwoTowerRetriever.load(artifact_dir, tables)
     users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
     kk = max(k, 10)
-    ranked, _ = retriever.candidates(data.sequences, users, data.exclude(), kk)
+    ranked, _ = retriever.candidates(data.sequences, users, _seen(data, users), kk)
     m = ranking_metrics(ranked, sp.csr_matrix(data.valid[users]), ks=sorted({10, kk}))
     return {f"valid_{key}": float(m[key]) for key in (f"recall@{kk}", "recall@10", "ndcg@10")}
+
+
+def _seen(data: RetrievalData, users: np.ndarray) -> sp.csr_matrix:
+    """Train items of ``users`` only, as a ``(n_users + 1, n_items)`` CSR (the rest of its rows empty).
+
+    The whole log's matrix would cost 12 bytes per interaction to score a sample of users.
+    """
+    s = data.sequences
+    starts, lengths = s.offsets[users], s.offsets[users + 1] - s.offsets[users]
+    cols = gather_ranges(np.asarray(s.items), starts, lengths)
+    m = sp.csr_matrix(
+        (np.ones(len(cols), np.float32), (np.repeat(users, lengths), cols)),
+        shape=(len(s.offsets) - 1, data.items.n_items),
+    )
+    m.data[:] = 1.0
+    return m
 
 
 # --- training -----------------------------------------------------------------------------------------
@@ -195,6 +247,8 @@ def train_distributed(
     resume_from: str | Path | None = None,
     monitor_k: int = 100,
     log_every: int = 1,
+    sequences_dir: str | Path | None = None,
+    max_valid_users: int | None = None,
 ) -> DistributedResult | None:
     """Train the two-tower model on the train split, sharded over the torchrun job (or in one process).
 
@@ -218,6 +272,9 @@ def train_distributed(
         resume_from: a checkpoint directory to continue from (same architecture and data settings).
         monitor_k: K of ``valid_recall@K``.
         log_every: log the loss every this many steps (rank 0).
+        sequences_dir: serve the examples from memory-mapped arrays laid out there (bounded memory on a
+            log of any length); None reads the train split into memory.
+        max_valid_users: score a seeded sample of at most this many valid users.
 
     Returns:
         The result on rank 0, None on the other ranks.
@@ -243,7 +300,13 @@ def train_distributed(
         "weight_decay": weight_decay,
         "world_size": cluster.world_size,
     }
-    tables, data = load_retrieval_data(features_dir)
+    tables, data = load_retrieval_data(
+        features_dir,
+        sequences_dir=sequences_dir,
+        max_valid_users=max_valid_users,
+        seed=seed,
+        cluster=cluster,
+    )
     config = TwoTowerConfig(
         query_features=tables.query_cardinalities(),
         candidate_features=tables.items.cardinalities,
@@ -402,6 +465,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--resume-from", type=Path, default=None, help="checkpoint directory to continue from")
     p.add_argument(
+        "--sequences-dir",
+        type=Path,
+        default=None,
+        help="serve the examples from memory-mapped arrays laid out here (bounded memory)",
+    )
+    p.add_argument("--max-valid-users", type=int, default=None, help="score a sample of valid users")
+    p.add_argument(
         "--consolidate",
         type=Path,
         default=None,
@@ -432,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
         log_every=a.log_every,
         checkpoint_every=a.checkpoint_every,
         resume_from=a.resume_from,
+        sequences_dir=a.sequences_dir,
+        max_valid_users=a.max_valid_users,
     )
 
 

@@ -97,7 +97,6 @@ class ExampleBatches(Dataset):
         self.data, self.history_length, self.decay = data, history_length, decay
         self.n_random = n_random
         self.rng = np.random.default_rng(seed)
-        self.users_of_rows = data.sequences.example_users()
 
     def __len__(self) -> int:
         return len(self.data.sequences.items)
@@ -105,7 +104,7 @@ class ExampleBatches(Dataset):
     def __getitem__(self, rows: list[int]) -> dict:
         r = np.asarray(rows, dtype=np.int64)
         s = self.data.sequences
-        users = self.users_of_rows[r]
+        users = s.users_of(r)
         query = to_kjt(query_bags(self.data.users, users, s.prefix(r, self.history_length), self.decay))
         positives = s.items[r]
         randoms = self.rng.integers(1, self.data.items.n_items, size=self.n_random)
