@@ -272,3 +272,24 @@ def test_consolidate_turns_any_checkpoint_into_the_artifact_offline(
         middle.state_dict()["query_tower.mlp.0.weight"],
         load_weights(out / MODEL_DIR)["query_tower.mlp.0.weight"],
     )
+
+
+def test_training_stage_switches_to_sharded_training_with_nproc(small_features: Path, tmp_path: Path) -> None:
+    """``train_retrieval.nproc: 2`` (what ``dvc exp run -S train_retrieval.nproc=2`` sets): both phases run as
+    2-process torchrun jobs and leave the artifacts the downstream stages load."""
+    from recstack.training.train_retrieval import MODEL_DIR as STAGE_MODEL
+    from recstack.training.train_retrieval import VALID_MODEL_DIR, train_retrieval
+
+    result = train_retrieval(
+        small_features, tmp_path, nproc=2, sharding="column_wise", max_epochs=1, max_valid_users=50,
+        embedding_dim=16, tower_dims=(32, 16), batch_size=256, dropout=0.0,
+    )  # fmt: skip
+    assert result.metrics["nproc"] == 2 and result.metrics["sharding"] == "column_wise"
+    assert 0.0 < result.metrics["valid_recall@100"] <= 1.0
+    assert result.valid_card.training["settings"]["splits"] == ["train"]
+    assert result.card.training["settings"]["splits"] == ["train", "valid"]  # P1's refit
+    assert result.card.training["settings"]["world_size"] == 2
+    tables = FeatureTables.load(small_features)
+    for d in (VALID_MODEL_DIR, STAGE_MODEL):
+        assert TwoTowerRetriever.load(tmp_path / d, tables).item_vectors.shape[1] == 16
+    assert not list((tmp_path / "distributed").glob("*/checkpoints"))  # consolidated, then removed

@@ -35,7 +35,11 @@ loads), ``result.json`` (per-step losses, valid metrics, the sharding plan) and 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -118,11 +122,14 @@ def load_retrieval_data(
     max_valid_users: int | None = None,
     seed: int = 0,
     cluster: Cluster | None = None,
+    splits: tuple[str, ...] = (TRAIN,),
 ) -> tuple[FeatureTables, RetrievalData]:
-    """Feature tables and the train-split examples with the valid split to score (phase 1 of P1).
+    """Feature tables and the examples of ``splits`` with the valid split to score (phase 1 of P1).
 
     Args:
         features_dir: the features stage's output.
+        splits: the training examples: ``("train",)`` (phase 1, scored on valid) or P1's refit on
+            ``("train", "valid")`` (nothing left to score).
         sequences_dir: serve the examples from disk: the train sequences are laid out there once
             (:func:`recstack.training.streaming.build_sequences`, by rank 0 while the others wait) and
             memory-mapped, so the process never holds the log. None: read into memory.
@@ -136,11 +143,11 @@ def load_retrieval_data(
     n_users, n_items = tables.spec.user_id.size, tables.spec.item_id.size
     if sequences_dir is None:
         interactions = pl.read_parquet(path)
-        sequences = Sequences.from_interactions(interactions.filter(pl.col(SPLIT) == TRAIN), n_users)
+        sequences = Sequences.from_interactions(interactions.filter(pl.col(SPLIT).is_in(splits)), n_users)
         valid = interactions.filter(pl.col(SPLIT) == VALID).select(USER_IDX, ITEM_IDX)
     else:
         if cluster is None or cluster.rank == 0:
-            build_sequences(path, (TRAIN,), n_users, sequences_dir)
+            build_sequences(path, splits, n_users, sequences_dir)
         if cluster is not None and cluster.distributed:
             dist.barrier()
         sequences = open_sequences(sequences_dir)
@@ -249,6 +256,8 @@ def train_distributed(
     log_every: int = 1,
     sequences_dir: str | Path | None = None,
     max_valid_users: int | None = None,
+    epochs: int | None = None,
+    splits: tuple[str, ...] = (TRAIN,),
 ) -> DistributedResult | None:
     """Train the two-tower model on the train split, sharded over the torchrun job (or in one process).
 
@@ -275,6 +284,8 @@ def train_distributed(
         sequences_dir: serve the examples from memory-mapped arrays laid out there (bounded memory on a
             log of any length); None reads the train split into memory.
         max_valid_users: score a seeded sample of at most this many valid users.
+        epochs: train this many passes over the examples instead of ``steps`` (full global batches).
+        splits: the example splits (``train``; ``train valid`` for P1's refit, which is not scored).
 
     Returns:
         The result on rank 0, None on the other ranks.
@@ -306,7 +317,11 @@ def train_distributed(
         max_valid_users=max_valid_users,
         seed=seed,
         cluster=cluster,
+        splits=splits,
     )
+    if epochs is not None:
+        steps = epochs * (len(data.sequences.items) // batch_size)
+    settings.update(steps=steps, splits=list(splits), examples=len(data.sequences.items))
     config = TwoTowerConfig(
         query_features=tables.query_cardinalities(),
         candidate_features=tables.items.cardinalities,
@@ -457,6 +472,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--embedding-dim", type=int, default=64)
     p.add_argument("--tower-dims", type=int, nargs="+", default=[128, 64])
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--similarity", choices=["cosine", "dot"], default="cosine")
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--history-length", type=int, default=50)
+    p.add_argument("--history-decay", type=float, default=0.9)
+    p.add_argument("--monitor-k", type=int, default=100, help="K of valid_recall@K")
     p.add_argument("--n-random-negatives", type=int, default=0)
     p.add_argument("--embedding-lr", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW of the MLPs")
@@ -471,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
         help="serve the examples from memory-mapped arrays laid out here (bounded memory)",
     )
     p.add_argument("--max-valid-users", type=int, default=None, help="score a sample of valid users")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the examples (overrides --steps)")
+    p.add_argument("--splits", nargs="+", default=[TRAIN], help="example splits (train valid: P1's refit)")
     p.add_argument(
         "--consolidate",
         type=Path,
@@ -495,6 +517,11 @@ def main(argv: list[str] | None = None) -> None:
         embedding_dim=a.embedding_dim,
         tower_dims=tuple(a.tower_dims),
         dropout=a.dropout,
+        similarity=a.similarity,
+        temperature=a.temperature,
+        history_length=a.history_length,
+        history_decay=a.history_decay,
+        monitor_k=a.monitor_k,
         n_random_negatives=a.n_random_negatives,
         embedding_lr=a.embedding_lr,
         lr=a.lr,
@@ -504,7 +531,52 @@ def main(argv: list[str] | None = None) -> None:
         resume_from=a.resume_from,
         sequences_dir=a.sequences_dir,
         max_valid_users=a.max_valid_users,
+        epochs=a.epochs,
+        splits=tuple(a.splits),
     )
+
+
+def launch(
+    features_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    nproc: int,
+    timeout: float | None = None,
+    **options: Any,
+) -> DistributedResult:
+    """Run :func:`train_distributed` under ``torchrun --standalone --nproc_per_node=nproc`` and wait.
+
+    This is how a training stage switches to sharded training (``train_retrieval.nproc``). ``options``
+    are :func:`train_distributed`'s keyword arguments. Multi-node jobs run the documented ``torchrun
+    --nnodes ... --rdzv-endpoint ...`` command on every node instead.
+
+    Raises:
+        RuntimeError: the job failed; the message holds the end of its output.
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be at least 1, got {nproc}")
+    args = ["--features", str(features_dir), "--out", str(out_dir)]
+    for key, value in options.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        "-m", "recstack.training.distributed", *args,
+    ]  # fmt: skip
+    # Each process gets its share of the cores (torchrun's default of 1 thread would idle the rest).
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-6000:]
+        raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}):\n{tail}")
+    data = json.loads((Path(out_dir) / RESULT_FILE).read_text())
+    return DistributedResult(**data)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +22,7 @@ import polars as pl
 from recstack.data.io import INTERACTIONS_FILE
 from recstack.data.split import FIT_SPLITS, SPLIT, TRAIN, VALID
 from recstack.evaluation.topk import interaction_matrix
-from recstack.models.artifact import ModelCard, save_artifact
+from recstack.models.artifact import ModelCard, load_card, save_artifact
 from recstack.models.inputs import FeatureTables, Sequences
 from recstack.models.two_tower import Similarity, TwoTower, TwoTowerConfig
 from recstack.training.common import BestState, EpochTimer, make_trainer, seed_everything
@@ -94,8 +95,14 @@ def train_retrieval(
     monitor_k: int = 100,
     refit: bool = True,
     seed: int = 42,
+    nproc: int = 1,
+    sharding: str = "table_wise",
+    max_valid_users: int | None = None,
 ) -> TrainRetrievalResult:
     """Train the two-tower retrieval model (see the module docstring for the two phases).
+
+    With ``nproc > 1`` both phases run as TorchRec sharded jobs under torchrun instead
+    (:func:`train_retrieval_sharded`).
 
     Args:
         features_dir: output of the ``features`` stage.
@@ -109,7 +116,31 @@ def train_retrieval(
         refit: retrain on train + valid for the best epoch count (P1); False saves the phase-1 model as
             ``model`` too.
         seed: seeds weights, batch order and negatives.
+        nproc / sharding / max_valid_users: see :func:`train_retrieval_sharded` (used when nproc > 1).
     """
+    if nproc > 1:
+        return train_retrieval_sharded(
+            features_dir,
+            out_dir,
+            nproc=nproc,
+            sharding=sharding,
+            embedding_dim=embedding_dim,
+            tower_dims=tower_dims,
+            similarity=similarity,
+            temperature=temperature,
+            history_length=history_length,
+            history_decay=history_decay,
+            dropout=dropout,
+            batch_size=batch_size,
+            n_random_negatives=n_random_negatives,
+            lr=lr,
+            weight_decay=weight_decay,
+            epochs=max_epochs,
+            monitor_k=monitor_k,
+            refit=refit,
+            seed=seed,
+            max_valid_users=max_valid_users,
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = FeatureTables.load(features_dir)
@@ -212,3 +243,79 @@ def train_retrieval(
         **{k if k.startswith("refit") else f"refit_{k}": v for k, v in refit_timing.items()},
     }
     return TrainRetrievalResult(valid_card, card, metrics, timing, best.history)
+
+
+def train_retrieval_sharded(
+    features_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    nproc: int,
+    sharding: str = "table_wise",
+    epochs: int = 1,
+    refit: bool = True,
+    max_valid_users: int | None = None,
+    **options: Any,
+) -> TrainRetrievalResult:
+    """The stage on TorchRec DistributedModelParallel: ``nproc`` processes under torchrun.
+
+    The same two phases as the Lightning path, each a job of :mod:`recstack.training.distributed`:
+    ``epochs`` passes over the train split, scored on valid (``valid_model/``), then, with ``refit``, the
+    same number of passes over train + valid (``model/``). There is no early stopping: a sharded job
+    trains a fixed budget (``max_epochs`` of the stage). The examples are served from memory-mapped
+    sequences under ``out_dir/distributed/``; the jobs' sharded checkpoints are removed once each is
+    consolidated into its artifact (the CLI keeps them).
+
+    Args:
+        features_dir / out_dir: as for :func:`train_retrieval`.
+        nproc: processes on this machine (``torchrun --standalone --nproc_per_node``).
+        sharding: ``table_wise`` / ``column_wise`` / ``data_parallel`` / ``auto``.
+        epochs: passes over the examples per phase.
+        refit: also train on train + valid for the final ``model/``.
+        max_valid_users: score a seeded sample of valid users (None: all).
+        options: :func:`recstack.training.distributed.train_distributed` settings (architecture, batch
+            size, negatives, learning rates, seed).
+    """
+    from recstack.training.distributed import CHECKPOINTS_DIR, launch
+
+    out = Path(out_dir)
+    work = out / "distributed"
+    phases = [("valid", (TRAIN,), VALID_MODEL_DIR)]
+    if refit:
+        phases.append(("refit", FIT_SPLITS, MODEL_DIR))
+    results = {}
+    start = time.perf_counter()
+    for name, splits, target in phases:
+        job = work / name
+        results[name] = launch(
+            features_dir,
+            job,
+            nproc=nproc,
+            sharding=sharding,
+            epochs=epochs,
+            splits=list(splits),
+            sequences_dir=work / f"sequences_{name}",
+            max_valid_users=max_valid_users if name == "valid" else None,
+            **options,
+        )
+        shutil.rmtree(job / CHECKPOINTS_DIR, ignore_errors=True)
+        shutil.rmtree(out / target, ignore_errors=True)
+        shutil.move(str(job / "model"), out / target)
+    if not refit:
+        shutil.copytree(out / VALID_MODEL_DIR, out / MODEL_DIR, dirs_exist_ok=True)
+    valid = results["valid"]
+    card = load_card(out / MODEL_DIR)
+    metrics = {
+        "best_epoch": epochs,
+        "epochs_run": epochs,
+        **valid.metrics,
+        "train_examples": valid.settings["examples"],
+        "version": card.version,
+        "nproc": nproc,
+        "sharding": sharding,
+    }
+    timing = {
+        **{f"{name}_{k}": v for name, r in results.items() for k, v in r.timing.items()},
+        "train_seconds": time.perf_counter() - start,
+    }
+    history = [{"epoch": epochs, **valid.metrics}]
+    return TrainRetrievalResult(load_card(out / VALID_MODEL_DIR), card, metrics, timing, history)
