@@ -35,6 +35,7 @@ loads), ``result.json`` (per-step losses, valid metrics, the sharding plan) and 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -166,16 +167,22 @@ def load_retrieval_data(
     return tables, data
 
 
-def probe_batch(data: RetrievalData, config: TwoTowerConfig, n_users: int = 64) -> dict[str, Any]:
+def probe_batch(
+    data: RetrievalData, config: TwoTowerConfig, n_users: int = 64, n_items: int = 4096
+) -> dict[str, Any]:
     """A fixed scoring batch: the first ``n_users`` users with history (queries after all their data) and
-    the whole catalog (candidates): what :class:`TwoTowerRetriever` computes for the same users and items.
+    the first ``n_items`` items (candidates): what :class:`TwoTowerRetriever` computes for the same users
+    and items. Bounded, because every rank embeds it through the sharded model: a 1M-item catalog in one
+    forward took more memory than this machine has.
     """
     users = np.flatnonzero(data.sequences.lengths() > 0)[:n_users]
     history = data.sequences.last(users, config.history_length)
+    items = np.arange(min(n_items, data.items.n_items))
     return {
         "users": users,
+        "items": items,
         "query": to_kjt(query_bags(data.users, users, history, config.history_decay)),
-        "candidate": data.items.kjt(np.arange(data.items.n_items)),
+        "candidate": data.items.kjt(items),
     }
 
 
@@ -377,6 +384,10 @@ def train_distributed(
         dist.barrier()
         if cluster.owns_group:
             dist.destroy_process_group()
+    # The trained weights are in the checkpoint now: free the sharded model and its optimizer state (two
+    # copies of every table) before consolidation loads the whole model again.
+    module = optimizer = examples = None  # type: ignore[assignment]
+    gc.collect()
     if cluster.rank != 0:
         return None
 
@@ -456,7 +467,12 @@ def _probe(module: nn.Module, data: RetrievalData, config: TwoTowerConfig, clust
     module.eval()
     batch = probe_batch(data, config)
     q, c = module(batch["query"].to(cluster.device), batch["candidate"].to(cluster.device))
-    return {"users": torch.from_numpy(batch["users"]), "query": q.cpu(), "candidate": c.cpu()}
+    return {
+        "users": torch.from_numpy(batch["users"]),
+        "items": torch.from_numpy(batch["items"]),
+        "query": q.cpu(),
+        "candidate": c.cpu(),
+    }
 
 
 # --- command line -----------------------------------------------------------------------------------
