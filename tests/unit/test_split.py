@@ -99,3 +99,14 @@ def test_p1_on_ml100k_matches_protocol_counts(ml100k_path: Path, tmp_path: Path)
     assert counts["test"] == 20_000
     assert counts["evaluated_users"] == 943
     assert make_split(inter).equals(s)  # deterministic
+
+
+def test_global_temporal_part_cut_at_the_whole_logs_times() -> None:
+    """A part of a long log holding only late users is cut at the given times, not refused for having no
+    interaction before the cut-off (only the whole log must have one)."""
+    late = _frame([(1, 1, 50), (1, 2, 60), (2, 1, 70)])
+    cut, vcut = T0 + timedelta(days=40), T0 + timedelta(days=20)
+    out = make_split(late, "global_temporal", cutoff=cut, valid_cutoff=vcut)
+    assert out["split"].to_list() == ["test", "test", "test"]
+    with pytest.raises(DataError, match="no interaction before the cut-off"):
+        make_split(late, "global_temporal", cutoff=cut)  # the whole log: nothing to train on

@@ -111,3 +111,8 @@ def concat_parts(files: list[Path], out: Path) -> None:
         shutil.move(str(files[0]), out)
         return
     pl.scan_parquet(files).sink_parquet(out)
+
+
+def union_unique(acc: pl.Series | None, values: pl.Series) -> pl.Series:
+    """Distinct values seen so far across parts (``acc`` None: the first part's)."""
+    return values if acc is None else pl.concat([acc, values]).unique()

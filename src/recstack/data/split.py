@@ -103,15 +103,16 @@ def global_cutoffs(
     valid cut-off the ``1 - valid_fraction`` quantile of the times before it.
     """
     cut = _as_utc(cutoff) if cutoff is not None else _quantile_time(timestamps, 1.0 - test_fraction)
+    if valid_cutoff is not None:
+        # Both given (a part of a long log, cut at the whole log's times): a part may well hold no
+        # interaction before the cut-off; only the whole log must.
+        return cut, _as_utc(valid_cutoff)
     train_ts = timestamps.filter(timestamps < cut)
     if train_ts.len() == 0:
         raise DataError(
             f"global_temporal split: no interaction before the cut-off {cut}; choose a later cutoff"
         )
-    vcut = (
-        _as_utc(valid_cutoff) if valid_cutoff is not None else _quantile_time(train_ts, 1.0 - valid_fraction)
-    )
-    return cut, vcut
+    return cut, _quantile_time(train_ts, 1.0 - valid_fraction)
 
 
 def split_global_temporal(

@@ -38,7 +38,7 @@ from recstack.data.parse import (
     parse_float,
     parse_timestamp,
 )
-from recstack.data.partition import Parts, count_rows, n_parts_for, partition
+from recstack.data.partition import Parts, count_rows, n_parts_for, partition, union_unique
 from recstack.data.schema import (
     CATEGORIES,
     CATEGORIES_DTYPE,
@@ -349,14 +349,14 @@ class _InteractionTally:
             lo, hi = clean[TIMESTAMP].min(), clean[TIMESTAMP].max()
             self.first = lo if self.first is None else min(self.first, lo)
             self.last = hi if self.last is None else max(self.last, hi)
-        self.items = _union(self.items, clean[ITEM_ID].unique())
+        self.items = union_unique(self.items, clean[ITEM_ID].unique())
         events = clean.group_by(EVENT_TYPE).len()
         self.events = events if self.events is None else _sum_counts(self.events, events, EVENT_TYPE)
         for s in _summaries("interactions", quarantine, INTERACTION_PROBLEMS, self.n_examples):
             self.summaries[s.problem] = _merge_summary(self.summaries.get(s.problem), s, self.n_examples)
         part_users = clean.select(USER_ID).unique()
         if self.users_table is None:
-            self.users = _union(self.users, part_users[USER_ID])
+            self.users = union_unique(self.users, part_users[USER_ID])
         else:
             without = part_users.join(self.users_table.select(USER_ID), on=USER_ID, how="anti")[USER_ID]
             self.without_user_row += without.len()
@@ -364,10 +364,6 @@ class _InteractionTally:
 
     def problems(self) -> list[ProblemSummary]:
         return [self.summaries[p] for p in INTERACTION_PROBLEMS if p in self.summaries]
-
-
-def _union(acc: pl.Series | None, values: pl.Series) -> pl.Series:
-    return values if acc is None else pl.concat([acc, values]).unique()
 
 
 def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, key: str) -> pl.DataFrame:

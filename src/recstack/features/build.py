@@ -31,6 +31,7 @@ from recstack.data.partition import (
     n_parts_for,
     partition,
     scratch_dir,
+    union_unique,
 )
 from recstack.data.schema import CATEGORIES, CREATED_AT, ITEM_ID, TIMESTAMP, TITLE, USER_ID, DataError
 from recstack.data.split import (
@@ -429,8 +430,8 @@ class _MetricTally:
         self.evaluated_users += test[USER_ID].n_unique()
         self.cold_test_users += test.filter(pl.col(USER_IDX) == 0)[USER_ID].n_unique()
         fit_items = indexed.filter(pl.col(SPLIT).is_in(FIT_SPLITS))[ITEM_ID].unique()
-        self.test_items = _union(self.test_items, test[ITEM_ID].unique())
-        self.fit_items = _union(self.fit_items, fit_items)
+        self.test_items = union_unique(self.test_items, test[ITEM_ID].unique())
+        self.fit_items = union_unique(self.fit_items, fit_items)
 
     def metrics(self, spec: FeatureSpec, items: pl.DataFrame) -> dict[str, Any]:
         assert self.test_items is not None and self.fit_items is not None
@@ -446,10 +447,6 @@ class _MetricTally:
             "test_items_unseen_in_train": unseen.len(),
             "items_without_interactions": items.filter(pl.col(pop_column(None)) == 0).height,
         }
-
-
-def _union(acc: pl.Series | None, values: pl.Series) -> pl.Series:
-    return values if acc is None else pl.concat([acc, values]).unique()
 
 
 def popularity_curve(items: pl.DataFrame, max_points: int = 2000) -> pl.DataFrame:
