@@ -116,3 +116,10 @@ def concat_parts(files: list[Path], out: Path) -> None:
 def union_unique(acc: pl.Series | None, values: pl.Series) -> pl.Series:
     """Distinct values seen so far across parts (``acc`` None: the first part's)."""
     return values if acc is None else pl.concat([acc, values]).unique()
+
+
+def add_counts(acc: pl.DataFrame | None, counts: pl.DataFrame, key: str, count: str) -> pl.DataFrame:
+    """Running counts per ``key`` across parts: ``count`` summed where a key recurs (``acc`` None: first)."""
+    if acc is None:
+        return counts
+    return pl.concat([acc, counts]).group_by(key).agg(pl.col(count).sum())

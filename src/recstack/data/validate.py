@@ -38,7 +38,7 @@ from recstack.data.parse import (
     parse_float,
     parse_timestamp,
 )
-from recstack.data.partition import Parts, count_rows, n_parts_for, partition, union_unique
+from recstack.data.partition import Parts, add_counts, count_rows, n_parts_for, partition, union_unique
 from recstack.data.schema import (
     CATEGORIES,
     CATEGORIES_DTYPE,
@@ -343,18 +343,17 @@ class _InteractionTally:
 
     def add(self, clean: pl.DataFrame, quarantine: pl.DataFrame) -> None:
         self.clean_rows += clean.height
-        # Parts hold disjoint users, so distinct users add up.
-        self.interacting_users += clean[USER_ID].n_unique()
         if clean.height:
             lo, hi = clean[TIMESTAMP].min(), clean[TIMESTAMP].max()
             self.first = lo if self.first is None else min(self.first, lo)
             self.last = hi if self.last is None else max(self.last, hi)
         self.items = union_unique(self.items, clean[ITEM_ID].unique())
         events = clean.group_by(EVENT_TYPE).len()
-        self.events = events if self.events is None else _sum_counts(self.events, events, EVENT_TYPE)
+        self.events = add_counts(self.events, events, EVENT_TYPE, "len")
         for s in _summaries("interactions", quarantine, INTERACTION_PROBLEMS, self.n_examples):
             self.summaries[s.problem] = _merge_summary(self.summaries.get(s.problem), s, self.n_examples)
         part_users = clean.select(USER_ID).unique()
+        self.interacting_users += part_users.height
         if self.users_table is None:
             self.users = union_unique(self.users, part_users[USER_ID])
         else:
@@ -364,10 +363,6 @@ class _InteractionTally:
 
     def problems(self) -> list[ProblemSummary]:
         return [self.summaries[p] for p in INTERACTION_PROBLEMS if p in self.summaries]
-
-
-def _sum_counts(a: pl.DataFrame, b: pl.DataFrame, key: str) -> pl.DataFrame:
-    return pl.concat([a, b]).group_by(key).agg(pl.col("len").sum())
 
 
 def _merge_summary(a: ProblemSummary | None, b: ProblemSummary, n_examples: int) -> ProblemSummary:

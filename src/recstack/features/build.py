@@ -26,6 +26,7 @@ import polars as pl
 from recstack.data.io import INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE, read_canonical
 from recstack.data.partition import (
     DEFAULT_PARTITION_ROWS,
+    add_counts,
     concat_parts,
     count_rows,
     n_parts_for,
@@ -147,13 +148,6 @@ class _PartStore:
             concat_parts([self.path(i) for i in range(self.n_parts)], out)
 
 
-def _add_counts(acc: pl.DataFrame | None, counts: pl.DataFrame, key: str) -> pl.DataFrame:
-    # Running value counts over parts (items recur across user parts, so they are summed).
-    if acc is None:
-        return counts
-    return pl.concat([acc, counts]).group_by(key).agg(pl.col("__count").sum())
-
-
 def _combine_item_activity(acc: pl.DataFrame | None, part: pl.DataFrame) -> pl.DataFrame:
     # Popularity counts add up across user parts; first / last seen are the min / max.
     if acc is None:
@@ -229,10 +223,19 @@ def build_features(
 
         split_cutoff: str | datetime | None = cutoff
         valid_cutoff: datetime | None = None
+        kept = _PartStore(work, "deduped", n_parts)
         if split_method == "global_temporal":
-            # The cut-offs are quantiles of the whole (deduped) log's times: one column, gathered first.
-            times = pl.concat([deduped(i).select(TIMESTAMP) for i in range(n_parts)])[TIMESTAMP]
-            split_cutoff, valid_cutoff = global_cutoffs(times, test_fraction, valid_fraction, cutoff)
+            # The cut-offs are quantiles of the whole (deduped) log's times: each part's time column is
+            # gathered first, and the deduped parts are kept for the split, so no part is deduped twice.
+            times = []
+            for i in range(n_parts):
+                frame = deduped(i)
+                times.append(frame[TIMESTAMP])
+                kept.put(i, frame)
+                del frame
+            split_cutoff, valid_cutoff = global_cutoffs(
+                pl.concat(times), test_fraction, valid_fraction, cutoff
+            )
             del times
 
         # Pass 1: dedupe and split each part; count the fit part's ids and its latest time.
@@ -242,7 +245,7 @@ def build_features(
         reference_time: datetime | None = None
         for i in range(n_parts):
             split = make_split(
-                deduped(i),
+                kept.get(i) if split_method == "global_temporal" else deduped(i),
                 split_method,
                 test_fraction=test_fraction,
                 valid_fraction=valid_fraction,
@@ -256,7 +259,10 @@ def build_features(
                 latest = fit[TIMESTAMP].max()
                 reference_time = latest if reference_time is None else max(reference_time, latest)
             user_counts.append(fit[USER_ID].value_counts(name="__count"))
-            item_counts = _add_counts(item_counts, fit[ITEM_ID].value_counts(name="__count"), ITEM_ID)
+            # Items recur across user parts: their counts add up.
+            item_counts = add_counts(
+                item_counts, fit[ITEM_ID].value_counts(name="__count"), ITEM_ID, "__count"
+            )
             splits.put(i, split)
         if reference_time is None:
             raise DataError(
@@ -388,8 +394,8 @@ def _fit_spec(
     # catalog item counts once more than its fit interactions, most frequent first, so that index order
     # is popularity order.
     catalog = items.select(pl.col(ITEM_ID), pl.lit(1, dtype=pl.UInt32).alias("__count"))
-    item_id_counts = _add_counts(
-        catalog, item_counts.with_columns(pl.col(ITEM_ID).cast(items.schema[ITEM_ID])), ITEM_ID
+    item_id_counts = add_counts(
+        catalog, item_counts.with_columns(pl.col(ITEM_ID).cast(items.schema[ITEM_ID])), ITEM_ID, "__count"
     )
     tokens = items.select(tokenize_expr(pl.col(TITLE)).alias("t"))["t"].explode()
     return FeatureSpec(
