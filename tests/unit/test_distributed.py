@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -42,7 +39,7 @@ from recstack.training.retrieval import sampled_softmax_loss
 from recstack.training.sharded_checkpoint import consolidate, load_two_tower
 from recstack.training.sharding import sharding_constraints
 from recstack.training.streaming import build_sequences, open_sequences
-from tests.conftest import PROJECT_ROOT
+from tests.torchrun import torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -70,29 +67,6 @@ def _cli_args(features: Path, out: Path, sharding: str) -> list[str]:
         "--embedding-dim", str(s["embedding_dim"]), "--tower-dims", *map(str, s["tower_dims"]),
         "--dropout", str(s["dropout"]), "--n-random-negatives", str(s["n_random_negatives"]),
     ]  # fmt: skip
-
-
-def torchrun(args: list[str], nproc: int = 2, timeout: float = 300) -> None:
-    """``torchrun --standalone`` (a free port of its own) of the training module; fails with its output.
-
-    The job runs in its own process group, killed whole on timeout: a hung collective never outlives the test.
-    """
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "recstack.training.distributed", *args,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {timeout} s:\n{output[-4000:]}")
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-6000:]}"
 
 
 def _result(out: Path) -> dict:

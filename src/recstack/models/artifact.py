@@ -102,6 +102,17 @@ def save_artifact(
     return card
 
 
+def write_card(directory: str | Path, card: ModelCard) -> None:
+    """(Re)write ``model.json`` of an artifact, e.g. to add what the stage knows of its training run.
+
+    Raises:
+        ValueError: the card's version is not the weights' (the card would describe another model).
+    """
+    if card.version != weights_version(load_weights(directory)):
+        raise ValueError(f"card version {card.version} does not match the weights in {directory}")
+    (Path(directory) / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+
+
 def load_card(directory: str | Path) -> ModelCard:
     """Read ``model.json`` of an artifact, with a clear error when it is missing or from another version."""
     path = Path(directory) / CARD_FILE

@@ -569,9 +569,28 @@ def launch(
     Raises:
         RuntimeError: the job failed; the message holds the end of its output.
     """
+    run_torchrun(
+        "recstack.training.distributed",
+        {"features": features_dir, "out": out_dir, **options},
+        nproc=nproc,
+        timeout=timeout,
+    )
+    data = json.loads((Path(out_dir) / RESULT_FILE).read_text())
+    return DistributedResult(**data)
+
+
+def run_torchrun(module: str, options: dict[str, Any], *, nproc: int, timeout: float | None = None) -> None:
+    """``torchrun --standalone --nproc_per_node=nproc -m module --option value ...``, waited for.
+
+    ``options`` become flags (``sequences_dir`` -> ``--sequences-dir``; lists and tuples give several
+    values; None is left out).
+
+    Raises:
+        RuntimeError: the job failed; the message holds the end of its output.
+    """
     if nproc < 1:
         raise ValueError(f"nproc must be at least 1, got {nproc}")
-    args = ["--features", str(features_dir), "--out", str(out_dir)]
+    args: list[str] = []
     for key, value in options.items():
         if value is None:
             continue
@@ -582,7 +601,7 @@ def launch(
             args += [flag, str(value)]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "recstack.training.distributed", *args,
+        "-m", module, *args,
     ]  # fmt: skip
     # Each process gets its share of the cores (torchrun's default of 1 thread would idle the rest).
     threads = max(1, (os.cpu_count() or 1) // nproc)
@@ -591,8 +610,6 @@ def launch(
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-6000:]
         raise RuntimeError(f"torchrun with {nproc} processes failed (exit {proc.returncode}):\n{tail}")
-    data = json.loads((Path(out_dir) / RESULT_FILE).read_text())
-    return DistributedResult(**data)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ drawn random items (easy negatives). Features are point-in-time as of the user's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import lightning.pytorch as L
 import numpy as np
@@ -43,6 +45,33 @@ class RankingPairs:
     @property
     def mask(self) -> np.ndarray:
         return self.items > 0
+
+    def save(self, directory: str | Path) -> Path:
+        """Write every array as ``<name>.npy`` (and ``n_candidates``) under ``directory``, so that
+        training processes can memory-map the pairs (:meth:`open`) instead of each building them."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in fields(self):
+            if f.name != "n_candidates":
+                np.save(out / f"{f.name}.npy", getattr(self, f.name))
+        (out / PAIRS_META).write_text(json.dumps({"n_candidates": self.n_candidates}) + "\n")
+        return out
+
+    @classmethod
+    def open(cls, directory: str | Path) -> RankingPairs:
+        """The pairs :meth:`save` wrote, memory-mapped (read-only)."""
+        d = Path(directory)
+        if not (d / PAIRS_META).is_file():
+            raise FileNotFoundError(f"{d / PAIRS_META} does not exist: {d} holds no saved ranking pairs")
+        arrays = {
+            f.name: np.load(d / f"{f.name}.npy", mmap_mode="r")
+            for f in fields(cls)
+            if f.name != "n_candidates"
+        }
+        return cls(**arrays, n_candidates=int(json.loads((d / PAIRS_META).read_text())["n_candidates"]))
+
+
+PAIRS_META = "pairs.json"
 
 
 def _full_ranks(q: np.ndarray, vectors: np.ndarray, exclude: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
@@ -201,7 +230,9 @@ class RankingSystem(L.LightningModule):
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def val_dataloader(self) -> DataLoader:
-        return _loader(_CandidateRows(self), 64, shuffle=False, seed=self.seed)
+        return _loader(
+            CandidateRows(self.pairs, self.tables, self.valid_rows), 64, shuffle=False, seed=self.seed
+        )
 
     def on_validation_epoch_start(self) -> None:
         self._logits = []
@@ -213,45 +244,64 @@ class RankingSystem(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._logits:
             return
-        logits = np.concatenate(self._logits)
-        n = self.pairs.n_candidates
-        items = self.pairs.items[self.valid_rows, :n]
-        order = np.argsort(-logits, axis=1, kind="stable")
-        reranked = np.take_along_axis(items, order, axis=1)
-        relevant = self._valid_relevance()
-        m = ranking_metrics(reranked, relevant, ks=(10, 20))
-        # The retriever's own order of the same lists: what the ranker has to improve on.
-        base = ranking_metrics(items, relevant, ks=(10, 20))
-        for key in ("ndcg@10", "recall@10", "recall@20"):
-            self.log(f"valid_{key}", m[key])
-            self.log(f"valid_retrieval_{key}", base[key])
-
-    def _valid_relevance(self) -> sp.csr_matrix:
-        """``(len(valid_rows), n_items + 1)`` CSR of every target item of the held-out users."""
-        labels = self.pairs.labels[self.valid_rows]
-        items = self.pairs.items[self.valid_rows]
-        rows, cols = np.nonzero(labels > 0)
-        n_items = self.tables.items.n_items
-        m = sp.csr_matrix(
-            (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(len(self.valid_rows), n_items)
+        metrics = rerank_metrics(
+            self.pairs, self.valid_rows, np.concatenate(self._logits), self.tables.items.n_items
         )
-        m.data[:] = 1.0
-        return m
+        for key, value in metrics.items():
+            self.log(key, value)
 
 
-class _CandidateRows(Dataset):
-    """Validation batches: whole candidate lists (first N columns) of held-out users."""
+def rerank_metrics(
+    pairs: RankingPairs, valid_rows: np.ndarray, logits: np.ndarray, n_items: int
+) -> dict[str, float]:
+    """Held-out users' candidate lists re-ranked by the ranker's ``logits`` ``(len(valid_rows), N)``:
+    ``valid_{ndcg@10, recall@10, recall@20}``, and ``valid_retrieval_*`` of the same lists in the
+    retriever's own order (what the ranker has to improve on). The early-stopping metric of every
+    training path (Lightning and sharded).
+    """
+    n = pairs.n_candidates
+    items = np.asarray(pairs.items[valid_rows, :n])
+    order = np.argsort(-logits, axis=1, kind="stable")
+    reranked = np.take_along_axis(items, order, axis=1)
+    relevant = _relevance(pairs, valid_rows, n_items)
+    m = ranking_metrics(reranked, relevant, ks=(10, 20))
+    base = ranking_metrics(items, relevant, ks=(10, 20))
+    out = {}
+    for key in ("ndcg@10", "recall@10", "recall@20"):
+        out[f"valid_{key}"] = float(m[key])
+        out[f"valid_retrieval_{key}"] = float(base[key])
+    return out
 
-    def __init__(self, system: RankingSystem):
-        self.s = system
+
+def _relevance(pairs: RankingPairs, valid_rows: np.ndarray, n_items: int) -> sp.csr_matrix:
+    """``(len(valid_rows), n_items)`` CSR of every target item of the held-out users."""
+    labels = np.asarray(pairs.labels[valid_rows])
+    items = np.asarray(pairs.items[valid_rows])
+    rows, cols = np.nonzero(labels > 0)
+    m = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), (rows, items[rows, cols])), shape=(len(valid_rows), n_items)
+    )
+    m.data[:] = 1.0
+    return m
+
+
+class CandidateRows(Dataset):
+    """Validation batches: whole candidate lists (first N columns) of held-out users ``user_rows``.
+
+    A batch of ``b`` users is ``b * N`` pairs, user-major: ``dense`` ``(b * N, F)``, ``sparse`` a KJT of
+    batch ``b * N``.
+    """
+
+    def __init__(self, pairs: RankingPairs, tables: FeatureTables, user_rows: np.ndarray):
+        self.pairs, self.tables, self.user_rows = pairs, tables, user_rows
 
     def __len__(self) -> int:
-        return len(self.s.valid_rows)
+        return len(self.user_rows)
 
     def __getitem__(self, idx: list[int]) -> dict:
-        p, n = self.s.pairs, self.s.pairs.n_candidates
-        r = self.s.valid_rows[np.asarray(idx)]
-        items = p.items[r, :n]
-        bags = sparse_bags(self.s.tables, p.users[r], items, p.last_item[r])
+        p, n = self.pairs, self.pairs.n_candidates
+        r = self.user_rows[np.asarray(idx)]
+        items = np.asarray(p.items[r, :n])
+        bags = sparse_bags(self.tables, p.users[r], items, p.last_item[r])
         dense = p.dense[r, :n].reshape(-1, p.dense.shape[-1])
         return {"dense": torch.from_numpy(np.ascontiguousarray(dense)), "sparse": to_kjt(bags)}

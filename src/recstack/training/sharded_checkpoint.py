@@ -1,11 +1,12 @@
-"""Sharded checkpoints of distributed two-tower training, and their consolidation into a serving artifact.
+"""Sharded checkpoints of distributed training (two-tower and DLRM), and their consolidation into the
+single-file artifact that serving loads.
 
 A checkpoint is a ``torch.distributed.checkpoint`` (DCP) directory: every rank writes the shards it owns
 (the ShardedTensors of table- and column-wise tables and of their fused optimizer state), replicated
 tensors (MLPs, data-parallel tables, AdamW state) are written once, and ``meta.json`` (rank 0) holds the
-architecture, the settings, the step and the example sampler's random state. DCP reshards on load, so a
-checkpoint loads under another sharding or world size, and into a plain single-process :class:`TwoTower`
-(:func:`consolidate`), which is how the single-file artifact that serving loads is made.
+model kind and architecture, the settings, the step and the example sampler's random state. DCP reshards
+on load, so a checkpoint loads under another sharding or world size, and into a plain single-process
+:class:`TwoTower` or :class:`Ranker` (:func:`consolidate`), which is how the artifact is made.
 """
 
 from __future__ import annotations
@@ -16,21 +17,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from pydantic import BaseModel
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizer
 
 from recstack.features.spec import FeatureSpec
 from recstack.jsonio import read_json
-from recstack.models.artifact import ModelCard, save_artifact
+from recstack.models.artifact import ModelCard, ModelKind, save_artifact
+from recstack.models.ranker import Ranker, RankerConfig
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
 
 META_FILE = "meta.json"
-# The training module wraps the TwoTower as its ``model`` attribute: checkpoint keys carry this prefix.
+# The training modules wrap the model as their ``model`` attribute: checkpoint keys carry this prefix.
 MODEL_PREFIX = "model."
+# Model kind -> (config class, model class): what rebuilds a checkpoint's model in one process.
+MODEL_CLASSES: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
+    "two_tower": (TwoTowerConfig, TwoTower),
+    "dlrm": (RankerConfig, Ranker),
+}
 
 
 @contextmanager
@@ -46,22 +54,25 @@ class CheckpointMeta:
     """What ``meta.json`` holds next to the DCP shards.
 
     Attributes:
-        step: optimizer steps taken when the checkpoint was written.
-        config: the architecture.
+        step: optimizer steps taken when the checkpoint was written (the ranker: epochs).
+        config: the architecture (:class:`TwoTowerConfig` or :class:`RankerConfig`, by ``kind``).
         settings: the training settings (batch size, seed, learning rates, sharding...).
         sampler_state: ``numpy.random.Generator.bit_generator.state`` of the example sampler (random negatives),
             so a resumed run draws the negatives the uninterrupted run would have drawn.
         world_size: ranks that wrote the checkpoint (informative: any world size can load it).
+        kind: the model kind (artifact kind): ``two_tower`` or ``dlrm``.
     """
 
     step: int
-    config: TwoTowerConfig
+    config: BaseModel
     settings: dict[str, Any]
     sampler_state: dict[str, Any]
     world_size: int
+    kind: ModelKind = "two_tower"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "kind": self.kind,
             "step": self.step,
             "config": self.config.model_dump(),
             "settings": self.settings,
@@ -78,12 +89,19 @@ class CheckpointMeta:
                 "(expected a directory written by save_checkpoint)"
             )
         raw = read_json(path)
+        kind = raw.get("kind", "two_tower")  # checkpoints of the first release are two-tower ones
+        if kind not in MODEL_CLASSES:
+            raise ValueError(
+                f"{path}: unknown model kind {kind!r} (expected one of {', '.join(MODEL_CLASSES)})"
+            )
+        config_class, _ = MODEL_CLASSES[kind]
         return cls(
             step=int(raw["step"]),
-            config=TwoTowerConfig(**raw["config"]),
+            config=config_class(**raw["config"]),
             settings=raw["settings"],
             sampler_state=raw["sampler_state"],
             world_size=int(raw["world_size"]),
+            kind=kind,
         )
 
 
@@ -128,18 +146,28 @@ def load_checkpoint(
     return meta
 
 
-def load_two_tower(checkpoint_dir: str | Path) -> TwoTower:
-    """The checkpoint's weights as one plain :class:`TwoTower` in this process (no process group needed).
+def load_model(checkpoint_dir: str | Path) -> nn.Module:
+    """The checkpoint's weights as one plain model (:class:`TwoTower` or :class:`Ranker`, by the
+    checkpoint's kind) in this process (no process group needed).
 
     DCP assembles every table from the shards all ranks wrote; the optimizer state is not read.
     """
     meta = CheckpointMeta.read(checkpoint_dir)
-    model = TwoTower(meta.config)
+    _, model_class = MODEL_CLASSES[meta.kind]
+    model = model_class(meta.config)
     state = {MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     with _quiet_single_process():
         dcp.load({"model": state}, checkpoint_id=str(checkpoint_dir), no_dist=True)
     model.load_state_dict({k.removeprefix(MODEL_PREFIX): v for k, v in state.items()})
     model.eval()
+    return model
+
+
+def load_two_tower(checkpoint_dir: str | Path) -> TwoTower:
+    """:func:`load_model` of a two-tower checkpoint."""
+    model = load_model(checkpoint_dir)
+    if not isinstance(model, TwoTower):
+        raise TypeError(f"{checkpoint_dir} holds a {type(model).__name__}, not a two-tower model")
     return model
 
 
@@ -162,14 +190,15 @@ def consolidate(
         The artifact's model card.
     """
     meta = CheckpointMeta.read(checkpoint_dir)
-    model = load_two_tower(checkpoint_dir)
+    model = load_model(checkpoint_dir)
+    similarity = cast(TwoTowerConfig, meta.config).similarity if meta.kind == "two_tower" else None
     return save_artifact(
         out_dir,
         model,
-        kind="two_tower",
+        kind=meta.kind,
         config=meta.config,
         features_dir=features_dir,
         spec=FeatureSpec.load(features_dir),
-        similarity=meta.config.similarity,
+        similarity=similarity,
         training=training or {"settings": meta.settings, "steps": meta.step},
     )
