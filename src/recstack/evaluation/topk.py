@@ -47,6 +47,12 @@ def p1_valid_matrices(
     return interaction_matrix(train_sub, n_users, n_items), interaction_matrix(valid, n_users, n_items)
 
 
+# Most scores one batch of ``topk`` holds (users x catalog). A batch costs about 6 times this in bytes (the
+# scores, their negation, argpartition's int64 indices): 2^24 scores keep it near 100 MB. With 1,024 users
+# over a 1M-item catalog the batch was 4 GB of scores and a 23 GB peak.
+MAX_SCORES_PER_BATCH = 1 << 24
+
+
 def topk(
     score_fn: ScoreFn, users: np.ndarray, exclude: sp.csr_matrix, k: int, batch_size: int = 1024
 ) -> np.ndarray:
@@ -57,13 +63,15 @@ def topk(
         users: ``(n,)`` user indices.
         exclude: ``(n_users + 1, n_items + 1)`` CSR of items never to recommend (the user's train items).
         k: list length.
-        batch_size: users scored at once (memory: ``batch_size * n_items`` floats).
+        batch_size: users scored at once, at most (fewer on large catalogs: a batch holds at most
+            ``MAX_SCORES_PER_BATCH`` scores). Rows are ranked independently: the result does not depend on it.
 
     Returns:
         ``(n, k)`` int64 item indices, best first; -1 marks an empty slot when fewer than ``k`` items
         can be recommended.
     """
     out = np.full((len(users), k), -1, dtype=np.int64)
+    batch_size = max(1, min(batch_size, MAX_SCORES_PER_BATCH // exclude.shape[1]))
     for start in range(0, len(users), batch_size):
         batch = users[start : start + batch_size]
         scores = np.array(score_fn(batch), dtype=np.float32, copy=True)

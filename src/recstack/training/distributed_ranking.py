@@ -190,6 +190,10 @@ def train_ranking_distributed(
             "takes an equal slice of each global batch"
         )
     out = Path(out_dir)
+    if cluster.rank == 0:  # a previous run's epochs in the same place would be taken for this run's
+        shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
+    if cluster.distributed:
+        dist.barrier()
     tables = FeatureTables.load(features_dir)
     pairs, config, train_rows, valid_rows = open_setup(pairs_dir)
     train = PairBatches(pairs, tables, train_rows)
