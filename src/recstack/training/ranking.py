@@ -27,6 +27,8 @@ from recstack.ranking.scorer import last_items, pair_inputs
 from recstack.retrieval.two_tower import TwoTowerRetriever
 from recstack.training.retrieval import _loader
 
+PAIRS_META = "pairs.json"  # beside saved pairs' arrays: what is not an array (the candidate list length)
+
 
 @dataclass
 class RankingPairs:
@@ -69,9 +71,6 @@ class RankingPairs:
             if f.name != "n_candidates"
         }
         return cls(**arrays, n_candidates=int(json.loads((d / PAIRS_META).read_text())["n_candidates"]))
-
-
-PAIRS_META = "pairs.json"
 
 
 def _full_ranks(q: np.ndarray, vectors: np.ndarray, exclude: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
