@@ -72,11 +72,14 @@ from recstack.training.sharding import (
     SHARDINGS,
     Cluster,
     Sharding,
+    backward_and_step,
+    describe_plan,
+    end_job,
     gather_candidates,
     make_optimizer,
     plan_summary,
     shard,
-    start_cluster,
+    start_job,
 )
 from recstack.training.streaming import build_sequences, open_sequences
 
@@ -298,14 +301,7 @@ def train_distributed(
         The result on rank 0, None on the other ranks.
     """
     started = time.perf_counter()
-    if sharding not in SHARDINGS:
-        raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}; got {sharding!r}")
-    cluster = start_cluster()
-    if batch_size % cluster.world_size:
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of the world size {cluster.world_size}: every rank "
-            "takes an equal slice of each global batch"
-        )
+    cluster = start_job(sharding, batch_size)
     out = Path(out_dir)
     settings = {
         "sharding": sharding,
@@ -357,8 +353,7 @@ def train_distributed(
         first_step = meta.step
         examples.rng.bit_generator.state = meta.sampler_state
     if cluster.rank == 0:
-        described = [f"{t}: {p['sharding_type']} on {p['ranks']}" for t, p in plan_summary(plan).items()]
-        log.info("sharding plan: %s", "; ".join(described) or "single process, no DMP")
+        log.info("sharding plan: %s", describe_plan(plan))
 
     def checkpoint(step: int) -> Path:
         meta = CheckpointMeta(step, config, settings, examples.rng.bit_generator.state, cluster.world_size)
@@ -380,10 +375,7 @@ def train_distributed(
     train_seconds = time.perf_counter() - train_start
     final = checkpoint(steps)
     probe = _probe(module, data, config, cluster)
-    if cluster.distributed:
-        dist.barrier()
-        if cluster.owns_group:
-            dist.destroy_process_group()
+    end_job(cluster)
     # The trained weights are in the checkpoint now: free the sharded model and its optimizer state (two
     # copies of every table) before consolidation loads the whole model again.
     module = optimizer = examples = None  # type: ignore[assignment]
@@ -437,13 +429,7 @@ def train_step(
     loss_sum = sampled_softmax_loss(
         q, c, items.to(cluster.device), log_q, config.temperature, labels=labels, reduction="sum"
     )
-    (loss_sum / local).backward()  # the rank's mean: DDP and TorchRec average the gradients over ranks
-    optimizer.step()
-    optimizer.zero_grad()
-    total = loss_sum.detach().clone()
-    if cluster.distributed:
-        dist.all_reduce(total)
-    return float(total) / len(rows)
+    return backward_and_step(optimizer, loss_sum, local, cluster)
 
 
 def _check_resumable(

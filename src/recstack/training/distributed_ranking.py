@@ -57,10 +57,13 @@ from recstack.training.sharding import (
     SHARDINGS,
     Cluster,
     Sharding,
+    backward_and_step,
+    describe_plan,
+    end_job,
     make_optimizer,
     plan_summary,
     shard,
-    start_cluster,
+    start_job,
 )
 
 log = logging.getLogger(__name__)
@@ -179,16 +182,9 @@ def train_ranking_distributed(
         The result on rank 0, None on the other ranks.
     """
     started = time.perf_counter()
-    if sharding not in SHARDINGS:
-        raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}; got {sharding!r}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    cluster = start_cluster()
-    if batch_size % cluster.world_size:
-        raise ValueError(
-            f"batch_size {batch_size} must be a multiple of the world size {cluster.world_size}: every rank "
-            "takes an equal slice of each global batch"
-        )
+    cluster = start_job(sharding, batch_size)
     out = Path(out_dir)
     if cluster.rank == 0:  # a previous run's epochs in the same place would be taken for this run's
         shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
@@ -222,8 +218,7 @@ def train_ranking_distributed(
         module, plan = shard(module, sharding, cluster, embedding_lr, batch_size // cluster.world_size)
     optimizer = make_optimizer(module, embedding_lr, lr, weight_decay)
     if cluster.rank == 0:
-        described = [f"{t}: {p['sharding_type']} on {p['ranks']}" for t, p in plan_summary(plan).items()]
-        log.info("sharding plan: %s", "; ".join(described) or "single process, no DMP")
+        log.info("sharding plan: %s", describe_plan(plan))
 
     batches = global_batches(len(train), batch_size, seed)
     losses: list[float] = []
@@ -270,10 +265,7 @@ def train_ranking_distributed(
                 shutil.rmtree(kept.pop(e))
         if patience and since_best >= patience:
             break
-    if cluster.distributed:
-        dist.barrier()
-        if cluster.owns_group:
-            dist.destroy_process_group()
+    end_job(cluster)
     module = optimizer = None  # type: ignore[assignment]
     gc.collect()
     if cluster.rank != 0:
@@ -312,13 +304,7 @@ def _step(
     batch = train[rows[cluster.rank * local : (cluster.rank + 1) * local].tolist()]
     logits = module(batch["dense"].to(cluster.device), batch["sparse"].to(cluster.device))
     loss_sum = F.binary_cross_entropy_with_logits(logits, batch["label"].to(cluster.device), reduction="sum")
-    (loss_sum / local).backward()  # the rank's mean: DDP and TorchRec average the gradients over ranks
-    optimizer.step()
-    optimizer.zero_grad()
-    total = loss_sum.detach().clone()
-    if cluster.distributed:
-        dist.all_reduce(total)
-    return float(total) / len(rows)
+    return backward_and_step(optimizer, loss_sum, local, cluster)
 
 
 @torch.no_grad()

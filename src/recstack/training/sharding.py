@@ -187,3 +187,52 @@ def gather_candidates(c: torch.Tensor, cluster: Cluster) -> torch.Tensor:
         return c
     # all_gather_single is differentiable: its backward sums each rank's gradient back to the owner.
     return funcol.all_gather_single(c, gather_dim=0, group=dist.group.WORLD)
+
+
+# --- what every sharded training job does ------------------------------------------------------------------
+def start_job(sharding: str, batch_size: int) -> Cluster:
+    """Check the settings every sharded job shares, then join the torchrun job (:func:`start_cluster`).
+
+    Raises:
+        ValueError: an unknown sharding, or a global batch that does not split evenly over the ranks.
+    """
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {', '.join(SHARDINGS)}; got {sharding!r}")
+    cluster = start_cluster()
+    if batch_size % cluster.world_size:
+        raise ValueError(
+            f"batch_size {batch_size} must be a multiple of the world size {cluster.world_size}: every rank "
+            "takes an equal slice of each global batch"
+        )
+    return cluster
+
+
+def describe_plan(plan: ShardingPlan | None) -> str:
+    """One line for the log: where each table went."""
+    described = [f"{t}: {p['sharding_type']} on {p['ranks']}" for t, p in plan_summary(plan).items()]
+    return "; ".join(described) or "single process, no DMP"
+
+
+def backward_and_step(
+    optimizer: KeyedOptimizer, loss_sum: torch.Tensor, local: int, cluster: Cluster
+) -> float:
+    """Backpropagate this rank's mean loss and step; return the global batch's mean loss.
+
+    ``loss_sum`` sums the loss over this rank's ``local`` examples. Backpropagating the rank's mean is
+    right because DDP and TorchRec average the gradients over the ranks (equal slices).
+    """
+    (loss_sum / local).backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    total = loss_sum.detach().clone()
+    if cluster.distributed:
+        dist.all_reduce(total)
+    return float(total) / (local * cluster.world_size)
+
+
+def end_job(cluster: Cluster) -> None:
+    """Wait for every rank, then leave the process group (when this code started it)."""
+    if cluster.distributed:
+        dist.barrier()
+        if cluster.owns_group:
+            dist.destroy_process_group()
