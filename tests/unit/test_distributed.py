@@ -26,6 +26,7 @@ from recstack.models.artifact import load_card, load_weights
 from recstack.models.inputs import FeatureTables
 from recstack.models.two_tower import TwoTower, TwoTowerConfig
 from recstack.retrieval.two_tower import TwoTowerRetriever
+from recstack.training.common import sharded_engine
 from recstack.training.distributed import (
     CHECKPOINTS_DIR,
     MODEL_DIR,
@@ -269,3 +270,39 @@ def test_training_stage_switches_to_sharded_training_with_nproc(small_features: 
     for d in (VALID_MODEL_DIR, STAGE_MODEL):
         assert TwoTowerRetriever.load(tmp_path / d, tables).item_vectors.shape[1] == 16
     assert not list((tmp_path / "distributed").glob("*/checkpoints"))  # consolidated, then removed
+
+
+def test_engine_dmp_runs_the_sharded_job_in_one_process(small_features: Path, tmp_path: Path) -> None:
+    """``train_retrieval.engine: dmp`` with ``nproc: 1``: a 1-process torchrun job (DMP's fused sparse
+    optimizer on one machine), capped by ``max_steps``."""
+    from recstack.training.train_retrieval import train_retrieval
+
+    result = train_retrieval(
+        small_features, tmp_path, engine="dmp", nproc=1, max_steps=3, refit=False, max_valid_users=50,
+        embedding_dim=16, tower_dims=(32, 16), batch_size=256, dropout=0.0,
+    )  # fmt: skip
+    m = result.metrics
+    assert m["engine"] == "dmp" and m["nproc"] == 1 and m["train_steps"] == 3
+    assert result.card.training["settings"]["world_size"] == 1
+    assert result.card.version == result.valid_card.version  # refit off: the phase-1 model is the model
+
+
+@pytest.mark.parametrize(
+    ("engine", "nproc", "expected"),
+    [("auto", 1, False), ("auto", 2, True), ("dmp", 1, True), ("dmp", 4, True), ("lightning", 1, False)],
+)
+def test_sharded_engine_choice(engine: str, nproc: int, expected: bool) -> None:
+    assert sharded_engine(engine, nproc) is expected
+
+
+@pytest.mark.parametrize(
+    ("engine", "nproc", "message"),
+    [
+        ("lightning", 2, "needs engine 'dmp' or 'auto'"),
+        ("torchrun", 1, "engine must be one of"),
+        ("dmp", 0, "at least 1"),
+    ],
+)
+def test_bad_engine_settings_name_the_problem(engine: str, nproc: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        sharded_engine(engine, nproc)

@@ -27,6 +27,7 @@ from recstack.retrieval.two_tower import TwoTowerRetriever
 from recstack.training.distributed_ranking import (
     CHECKPOINTS_DIR,
     MODEL_DIR,
+    MONITOR,
     open_setup,
     read_result,
     save_setup,
@@ -93,10 +94,7 @@ def sharded_run(
 def single_process(small_features: Path, pairs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same loop in this process: no torchrun, no process group, the plain model."""
     out = tmp_path_factory.mktemp("rank_single")
-    with mock.patch.dict(os.environ):
-        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-            os.environ.pop(key, None)
-        train_ranking_distributed(small_features, pairs_dir, out, **SETTINGS)
+    _in_this_process(features_dir=small_features, pairs_dir=pairs_dir, out_dir=out, **SETTINGS)
     return out
 
 
@@ -194,3 +192,49 @@ def test_ranking_stage_switches_to_sharded_training_with_nproc(
     assert card.training["n_candidates"] == 30 and card.training["retrieval_version"]
     assert [h["epoch"] for h in result.history] == list(range(1, m["epochs_run"] + 1))
     assert not (tmp_path / "distributed").exists()  # pairs and checkpoints removed once consolidated
+
+
+def _in_this_process(**kwargs) -> None:
+    """:func:`train_ranking_distributed` in this process, outside any torchrun environment."""
+    with mock.patch.dict(os.environ):
+        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+            os.environ.pop(key, None)
+        train_ranking_distributed(**kwargs)
+
+
+def test_an_interrupted_job_resumes_where_it_stopped_on_another_world_size(
+    small_features: Path, pairs_dir: Path, single_process: Path, tmp_path: Path
+) -> None:
+    """A 2-process job stopped after epoch 2 (as if killed), resumed with ``--resume`` by a 1-process
+    torchrun job: the third epoch's losses, the history that early stopping reads, the best epoch and the
+    artifact are the uninterrupted run's (the parity tolerances: the epochs ran sharded, the reference not)."""
+    args = ["--features", str(small_features), "--pairs", str(pairs_dir), "--out", str(tmp_path)]
+    for key, value in {**SETTINGS, "sharding": "table_wise"}.items():
+        if key != "epochs":
+            args += ["--" + key.replace("_", "-"), str(value)]
+    torchrun([*args, "--epochs", "2"], module=MODULE)
+    torchrun([*args, "--epochs", str(SETTINGS["epochs"]), "--resume"], nproc=1, module=MODULE)
+    resumed, whole = read_result(tmp_path), read_result(single_process)
+    steps = SETTINGS["steps"]
+    assert len(resumed.losses) == steps  # this run trained epoch 3 only
+    np.testing.assert_allclose(resumed.losses, whole.losses[2 * steps :], atol=LOSS_ATOL, rtol=0)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(resumed.history, whole.history, strict=True):
+        assert a[MONITOR] == pytest.approx(b[MONITOR], abs=METRIC_ATOL), a["epoch"]
+    assert resumed.best_epoch == whole.best_epoch
+    assert resumed.settings["world_size"] == 1
+    w_resumed, w_whole = load_weights(tmp_path / MODEL_DIR), load_weights(single_process / MODEL_DIR)
+    for name in w_whole:
+        torch.testing.assert_close(w_resumed[name], w_whole[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+
+    # What cannot continue is refused with the reason: settings the batch order depends on, a DMP
+    # checkpoint's fused optimizer state in a plain process, a job with no checkpoint at all.
+    run = {"features_dir": small_features, "pairs_dir": pairs_dir, "out_dir": tmp_path, "resume": True}
+    with pytest.raises(ValueError, match="was written by a torchrun"):
+        _in_this_process(**run, **SETTINGS)
+    with pytest.raises(FileNotFoundError, match="no complete epoch checkpoint"):
+        _in_this_process(**{**run, "out_dir": tmp_path / "new"}, **SETTINGS)
+    plain = tmp_path / "plain"
+    _in_this_process(**{**run, "out_dir": plain, "resume": False}, **{**SETTINGS, "epochs": 1})
+    with pytest.raises(ValueError, match="batch_size=256, this run has batch_size=128"):
+        _in_this_process(**{**run, "out_dir": plain}, **{**SETTINGS, "batch_size": 128})

@@ -60,6 +60,24 @@ def test_sequence_prefix_never_contains_the_example_itself() -> None:
     assert values.tolist() == [1, 2, 2, 3] and lengths.tolist() == [2, 2]
 
 
+def test_item_timeline_bulk_and_small_paths_build_the_same_timeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large logs sort with Polars, a request's few events with numpy: the same arrays either way,
+    with tied times and tied (item, time) events."""
+    from recstack.ranking import features
+
+    rng = np.random.default_rng(1)
+    items = rng.integers(1, 300, 5000)
+    times = rng.integers(0, 2000, 5000) * 1_000_000
+    weights = rng.random(5000)
+    monkeypatch.setattr(features, "BULK_EVENTS", 1)
+    bulk = ItemTimeline.from_events(items, times, weights, lookup=True)
+    monkeypatch.setattr(features, "BULK_EVENTS", 10**9)
+    small = ItemTimeline.from_events(items, times, weights, lookup=True)
+    assert bulk.m == small.m
+    for name in ("keys", "times", "unique_times", "starts", "cum"):
+        np.testing.assert_array_equal(getattr(bulk, name), getattr(small, name), err_msg=name)
+
+
 def test_item_timeline_counts_only_the_past() -> None:
     s = _sequences()
     tl = ItemTimeline.from_sequences(s)

@@ -181,6 +181,29 @@ def test_evaluate_reports_every_system_with_p1_metrics(
         evaluate(small_features, None, None, baselines=("ials",))
 
 
+def test_evaluate_scores_a_seeded_sample_of_users_and_refuses_dense_baselines_on_huge_catalogs(
+    small_features: Path, trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``max_users`` (logs of millions of users) scores the same seeded sample for every system; EASE and
+    RP3beta refuse a catalog their dense item-item matrices cannot hold, before any work."""
+    from recstack import baselines
+
+    a = evaluate(small_features, trained["retrieval"], None, ks=(10,), baselines=("most_popular",),
+                 tune_baselines=False, max_users=40)  # fmt: skip
+    b = evaluate(small_features, trained["retrieval"], None, ks=(10,), baselines=("most_popular",),
+                 tune_baselines=False, max_users=40)  # fmt: skip
+    assert a.metrics["most_popular"]["users"] == a.metrics["two_tower"]["users"] == 40
+    assert a.metrics == b.metrics  # the same sample every run
+    with pytest.raises(ValueError, match="max_users must be at least 1"):
+        evaluate(small_features, None, None, baselines=(), max_users=0)
+    monkeypatch.setattr(baselines, "MAX_DENSE_ITEMS", 10)
+    for name in ("ease", "rp3beta"):
+        with pytest.raises(
+            ValueError, match=f"{name} needs a dense .* item-item matrix .* leave '{name}' out"
+        ):
+            evaluate(small_features, None, None, baselines=(name,))
+
+
 def test_ranker_can_train_on_a_sample_of_users(
     small_features: Path, trained: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -18,3 +18,27 @@ class Baseline(Protocol):
     def score(self, users: np.ndarray) -> np.ndarray:
         """``(len(users),)`` user indices -> ``(len(users), n_items + 1)`` scores, higher = better."""
         ...
+
+
+# EASE and RP3beta hold dense (n_items + 1)^2 float64 matrices (and a second one while they fit): 30,000
+# items is 7.2 GB each. Past it they would not fail cleanly but swap or get killed, so they refuse first.
+MAX_DENSE_ITEMS = 30_000
+
+
+def check_dense_catalog(name: str, n_columns: int) -> None:
+    """Raise before fitting an item-item baseline on a catalog its dense matrices cannot hold.
+
+    Args:
+        name: the baseline (for the message).
+        n_columns: the train matrix's columns (``n_items + 1``).
+
+    Raises:
+        ValueError: the catalog is above :data:`MAX_DENSE_ITEMS`; the message gives the memory it would take.
+    """
+    if n_columns > MAX_DENSE_ITEMS:
+        gb = n_columns**2 * 8 / 1e9
+        raise ValueError(
+            f"{name} needs a dense {n_columns:,} x {n_columns:,} float64 item-item matrix ({gb:,.0f} GB); "
+            f"catalogs above {MAX_DENSE_ITEMS:,} items are out of its reach: leave {name!r} out of "
+            "evaluate.baselines (most_popular scales to any catalog)"
+        )

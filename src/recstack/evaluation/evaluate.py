@@ -18,15 +18,15 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recstack.baselines import check_dense_catalog
 from recstack.baselines.ease import EASE
 from recstack.baselines.most_popular import MostPopular
 from recstack.baselines.rp3beta import RP3beta
 from recstack.baselines.tuning import DEFAULT_GRIDS, tune
-from recstack.data.io import INTERACTIONS_FILE
 from recstack.data.split import FIT_SPLITS, SPLIT
 from recstack.evaluation.metrics import DEFAULT_KS, intra_list_diversity, popularity_metrics, ranking_metrics
 from recstack.evaluation.segments import segment_metrics
-from recstack.evaluation.topk import p1_matrices, p1_valid_matrices, topk
+from recstack.evaluation.topk import p1_matrices, p1_valid_matrices, read_interactions, topk
 from recstack.models.inputs import FeatureTables, Sequences
 from recstack.policy.catalog import policy_catalog
 from recstack.policy.rerank import Request, rerank
@@ -38,6 +38,7 @@ from recstack.training.train_ranking import MODEL_DIR as RANKING_MODEL_DIR
 from recstack.training.train_retrieval import MODEL_DIR as RETRIEVAL_MODEL_DIR
 
 BASELINES = {"most_popular": MostPopular, "ease": EASE, "rp3beta": RP3beta}
+DENSE_BASELINES = ("ease", "rp3beta")  # item-item matrices held dense: bounded catalogs only
 CANDIDATE_KS = (100, 200, 500)
 BEYOND_K = 10  # beyond-accuracy metrics describe what a user sees: the first page
 CURVE_KS = (1, 5, 10, 20, 50, 100)
@@ -101,6 +102,8 @@ def evaluate(
     short_history_max: int = 20,
     head_interaction_share: float = 0.5,
     policy: Policy | dict | None = None,
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> EvaluateResult:
     """Evaluate baselines, the two-tower and the funnel on the test split under protocol P1.
 
@@ -115,6 +118,9 @@ def evaluate(
         short_history_max / head_interaction_share: segment definitions.
         policy: the re-ranking policy (``params.yaml: policy``); when given, ``funnel_reranked`` is the
             funnel's full candidate list re-ranked by it, the same code the service runs.
+        max_users: score a seeded sample of at most this many test users, the same for every system
+            (None: all, as protocol P1 asks; a sample is for logs of millions of users).
+        seed: the sample's seed.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -123,11 +129,18 @@ def evaluate(
     tables = FeatureTables.load(features_dir)
     spec = tables.spec
     n_users, n_items = spec.user_id.size, spec.item_id.size
-    interactions = pl.read_parquet(Path(features_dir) / INTERACTIONS_FILE)
+    for name in baselines:
+        if name in DENSE_BASELINES:  # fail before any work, not after the first hour
+            check_dense_catalog(name, n_items + 1)
+    if max_users is not None and max_users < 1:
+        raise ValueError(f"max_users must be at least 1 (or None for every test user), got {max_users}")
+    interactions = read_interactions(features_dir)
     fit, test = p1_matrices(interactions, n_users, n_items)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     if len(users) == 0:
         raise ValueError(f"{features_dir} has no test interactions of known users: nothing to evaluate")
+    if max_users is not None and len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     ev = _Eval(
         users=users,
         fit=fit,

@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recstack.data.io import INTERACTIONS_FILE
+from recstack.data.schema import TIMESTAMP
 from recstack.data.split import FIT_SPLITS, SPLIT, TEST, TRAIN, VALID
 from recstack.features.encoders import OOV_INDEX
 from recstack.features.transform import ITEM_IDX, USER_IDX
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user indices (b,) -> scores (b, n_items + 1)
+
+
+MODEL_COLUMNS = (USER_IDX, ITEM_IDX, TIMESTAMP, SPLIT)  # what training and evaluation read of the log
+
+
+def read_interactions(features_dir: str | Path, splits: Sequence[str] | None = None) -> pl.DataFrame:
+    """The ``features`` stage's interactions, only :data:`MODEL_COLUMNS` and (optionally) ``splits``.
+
+    The projection and the filter are pushed into the Parquet scan: on a 45M-row log the skipped string
+    columns (event type...) and splits are gigabytes never read.
+    """
+    scan = pl.scan_parquet(Path(features_dir) / INTERACTIONS_FILE).select(MODEL_COLUMNS)
+    if splits is not None:
+        scan = scan.filter(pl.col(SPLIT).is_in(list(splits)))
+    return scan.collect()
 
 
 def interaction_matrix(interactions: pl.DataFrame, n_users: int, n_items: int) -> sp.csr_matrix:

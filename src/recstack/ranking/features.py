@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 
 from recstack.models.inputs import Bag, FeatureTables, Sequences, range_positions, single
@@ -30,6 +31,7 @@ from recstack.models.inputs import Bag, FeatureTables, Sequences, range_position
 DAY_US = 86_400_000_000
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
 RECENT_ITEMS = 10  # history items compared with the candidate: the latest ones say most about "next"
+BULK_EVENTS = 100_000  # timelines of at least this many events are sorted by Polars (see from_events)
 NEVER_SEEN_DAYS = 10_000.0  # "infinitely old / never interacted" on the log scale, without NaNs
 DENSE_FEATURES: tuple[str, ...] = (
     "retrieval_score_gap",
@@ -73,10 +75,20 @@ class ItemTimeline:
     ) -> ItemTimeline:
         """From events ``(item, time, weight)``; ``lookup`` builds the per-item start table (worth it for
         a timeline queried many times, not for a request's few events)."""
-        unique_times = np.unique(times)
-        m = len(unique_times) + 1
-        keys = items * m + np.searchsorted(unique_times, times, side="right")
-        order = np.argsort(keys, kind="stable")
+        if len(times) >= BULK_EVENTS:
+            # Polars' multi-threaded sorts: 45M events took 40 s in numpy's unique / searchsorted /
+            # argsort, 6 s here. The dense rank (1-based) is exactly searchsorted(unique, t, "right").
+            series = pl.Series(times)
+            unique_times = series.unique().sort().to_numpy()
+            m = len(unique_times) + 1
+            keys = items * m + series.rank("dense").to_numpy().astype(np.int64)
+            ranked = pl.DataFrame({"k": keys}).with_row_index().sort("k", maintain_order=True)
+            order = ranked["index"].to_numpy().astype(np.int64)
+        else:  # a request's few events: numpy, without Polars' per-call overhead
+            unique_times = np.unique(times)
+            m = len(unique_times) + 1
+            keys = items * m + np.searchsorted(unique_times, times, side="right")
+            order = np.argsort(keys, kind="stable")
         keys = keys[order]
         starts = None
         if lookup:

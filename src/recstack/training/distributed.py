@@ -267,6 +267,7 @@ def train_distributed(
     sequences_dir: str | Path | None = None,
     max_valid_users: int | None = None,
     epochs: int | None = None,
+    max_steps: int | None = None,
     splits: tuple[str, ...] = (TRAIN,),
 ) -> DistributedResult | None:
     """Train the two-tower model on the train split, sharded over the torchrun job (or in one process).
@@ -295,6 +296,7 @@ def train_distributed(
             log of any length); None reads the train split into memory.
         max_valid_users: score a seeded sample of at most this many valid users.
         epochs: train this many passes over the examples instead of ``steps`` (full global batches).
+        max_steps: a cap on the steps that ``steps`` or ``epochs`` ask for (None: no cap).
         splits: the example splits (``train``; ``train valid`` for P1's refit, which is not scored).
 
     Returns:
@@ -324,6 +326,8 @@ def train_distributed(
     )
     if epochs is not None:
         steps = epochs * (len(data.sequences.items) // batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     settings.update(steps=steps, splits=list(splits), examples=len(data.sequences.items))
     config = TwoTowerConfig(
         query_features=tables.query_cardinalities(),
@@ -494,6 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--max-valid-users", type=int, default=None, help="score a sample of valid users")
     p.add_argument("--epochs", type=int, default=None, help="passes over the examples (overrides --steps)")
+    p.add_argument("--max-steps", type=int, default=None, help="at most this many steps (caps --epochs)")
     p.add_argument("--splits", nargs="+", default=[TRAIN], help="example splits (train valid: P1's refit)")
     p.add_argument(
         "--consolidate",
@@ -534,6 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         sequences_dir=a.sequences_dir,
         max_valid_users=a.max_valid_users,
         epochs=a.epochs,
+        max_steps=a.max_steps,
         splits=tuple(a.splits),
     )
 

@@ -25,6 +25,10 @@ Lightning), and the same math as one process:
   single-file artifact that evaluation and serving load; the others are removed as training goes.
 
 Outputs under ``--out``: ``checkpoints/epoch_NNN/`` (the best and the last), ``model/``, ``result.json``.
+
+An interrupted job continues with the same command plus ``--resume``: from its last epoch checkpoint
+(weights, both optimizers' state, the validation history that early stopping reads), drawing the batches the
+uninterrupted job would have drawn. Any torchrun world size and sharding can resume it (DCP reshards).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from recstack.models.ranker import Ranker, RankerConfig
 from recstack.training.common import seed_everything
 from recstack.training.distributed import global_batches
 from recstack.training.ranking import CandidateRows, PairBatches, RankingPairs, rerank_metrics
-from recstack.training.sharded_checkpoint import CheckpointMeta, consolidate, save_checkpoint
+from recstack.training.sharded_checkpoint import CheckpointMeta, consolidate, load_checkpoint, save_checkpoint
 from recstack.training.sharding import (
     SHARDINGS,
     Cluster,
@@ -72,6 +76,8 @@ RESULT_FILE = "result.json"
 MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 SETUP_FILE = "setup.json"  # next to the saved pairs: the ranker config and the train / held-out users
+HISTORY_FILE = "history.json"  # in every epoch checkpoint: the validation history up to it (for resuming)
+RESUME_KEYS = ("batch_size", "seed", "steps_per_epoch", "train_pairs")  # must match to continue a job
 MONITOR = "valid_ndcg@10"
 VALID_USERS_PER_BATCH = 64  # held-out users per scoring batch (x N candidates = pairs per forward)
 
@@ -160,6 +166,7 @@ def train_ranking_distributed(
     weight_decay: float = 1e-6,
     log_every: int = 50,
     valid_batch_users: int = VALID_USERS_PER_BATCH,
+    resume: bool = False,
 ) -> RankingJobResult | None:
     """Train the ranker on saved pairs, sharded over the torchrun job (or in one process outside torchrun).
 
@@ -177,16 +184,25 @@ def train_ranking_distributed(
         lr / weight_decay: AdamW of the dense layers.
         log_every: log the loss every this many steps (rank 0).
         valid_batch_users: held-out users per scoring batch.
+        resume: continue from the last epoch checkpoint under ``out_dir`` (same pairs, batch size, seed
+            and architecture; ``epochs`` / ``patience`` may grow). The result's ``losses`` are this run's.
 
     Returns:
         The result on rank 0, None on the other ranks.
+
+    Raises:
+        FileNotFoundError: ``resume`` without a checkpoint to resume from.
+        ValueError: bad settings, or a checkpoint that this run's settings cannot continue.
     """
     started = time.perf_counter()
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     cluster = start_job(sharding, batch_size)
     out = Path(out_dir)
-    if cluster.rank == 0:  # a previous run's epochs in the same place would be taken for this run's
+    last = _last_checkpoint(out / CHECKPOINTS_DIR) if resume else None
+    if resume and last is None:
+        raise FileNotFoundError(f"cannot resume: {out / CHECKPOINTS_DIR} holds no complete epoch checkpoint")
+    if not resume and cluster.rank == 0:  # a previous run's epochs in the same place would be taken for ours
         shutil.rmtree(out / CHECKPOINTS_DIR, ignore_errors=True)
     if cluster.distributed:
         dist.barrier()
@@ -210,6 +226,7 @@ def train_ranking_distributed(
         "steps_per_epoch": per_epoch,
         "train_pairs": len(train),
         "world_size": cluster.world_size,
+        "dmp": cluster.distributed,  # DMP jobs keep fused table-optimizer state; the plain loop, torch's own
     }
     seed_everything(seed)
     module: nn.Module = TrainRanker(Ranker(config))
@@ -225,8 +242,21 @@ def train_ranking_distributed(
     history: list[dict[str, float]] = []
     best_epoch, best_value, since_best = 0, -np.inf, 0
     kept: dict[int, Path] = {}
+    done = 0
+    if last is not None:
+        done, history = _resume(last, module, optimizer, config, settings)
+        for h in history:
+            best_epoch, best_value, since_best = _track(h, best_epoch, best_value, since_best)
+        kept = {e: d for e in (best_epoch, done) if (d := out / CHECKPOINTS_DIR / f"epoch_{e:03d}").is_dir()}
+        for _ in range(done * (len(train) // batch_size)):  # the batches the finished epochs drew
+            next(batches)
+        if cluster.rank == 0:
+            log.info("resumed after epoch %d (best %.5f at epoch %d)", done, best_value, best_epoch)
     train_seconds = 0.0
-    for epoch in range(1, epochs + 1):
+    stopped = bool(patience and since_best >= patience)
+    for epoch in range(done + 1, epochs + 1):
+        if stopped:
+            break
         module.train()
         start = time.perf_counter()
         epoch_losses = []
@@ -247,11 +277,10 @@ def train_ranking_distributed(
         }
         history.append(metrics)
         meta = CheckpointMeta(epoch, config, settings, {}, cluster.world_size, kind="dlrm")
+        if cluster.rank == 0:  # before the DCP save, whose meta.json marks the checkpoint complete
+            write_json(history, out / CHECKPOINTS_DIR / f"epoch_{epoch:03d}" / HISTORY_FILE)
         kept[epoch] = save_checkpoint(out / CHECKPOINTS_DIR / f"epoch_{epoch:03d}", module, optimizer, meta)
-        if metrics[MONITOR] > best_value:
-            best_epoch, best_value, since_best = epoch, metrics[MONITOR], 0
-        else:
-            since_best += 1
+        best_epoch, best_value, since_best = _track(metrics, best_epoch, best_value, since_best)
         if cluster.rank == 0:
             log.info(
                 "epoch %d %s %.5f (best %.5f at epoch %d)",
@@ -263,8 +292,7 @@ def train_ranking_distributed(
             )
             for e in [e for e in kept if e not in (best_epoch, epoch)]:
                 shutil.rmtree(kept.pop(e))
-        if patience and since_best >= patience:
-            break
+        stopped = bool(patience and since_best >= patience)
     end_job(cluster)
     module = optimizer = None  # type: ignore[assignment]
     gc.collect()
@@ -290,6 +318,52 @@ def train_ranking_distributed(
     )
     write_json(asdict(result), out / RESULT_FILE)
     return result
+
+
+def _track(
+    metrics: dict[str, float], best_epoch: int, best_value: float, since_best: int
+) -> tuple[int, float, int]:
+    """Early stopping's state after one more epoch's metrics: (best epoch, best value, epochs since)."""
+    if metrics[MONITOR] > best_value:
+        return int(metrics["epoch"]), float(metrics[MONITOR]), 0
+    return best_epoch, best_value, since_best + 1
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    """The latest complete epoch checkpoint (one whose ``meta.json`` was written), or None."""
+    done = sorted(d for d in checkpoints.glob("epoch_*") if CheckpointMeta.is_complete(d))
+    return done[-1] if done else None
+
+
+def _resume(
+    checkpoint: Path, module: nn.Module, optimizer: KeyedOptimizer, config: RankerConfig, settings: dict
+) -> tuple[int, list[dict[str, float]]]:
+    """Load ``checkpoint`` into the module and optimizer; return its epoch and validation history.
+
+    Raises:
+        ValueError: another architecture or model kind, or settings the batch order depends on differ.
+    """
+    meta = CheckpointMeta.read(checkpoint)
+    if meta.kind != "dlrm" or meta.config != config:
+        raise ValueError(f"cannot resume: {checkpoint} holds another model ({meta.kind}, {meta.config})")
+    if meta.settings.get("dmp", True) != settings["dmp"]:
+        was, now = (
+            ("a torchrun (DMP) job", "this plain process")
+            if settings["dmp"] is False
+            else ("the plain loop", "this torchrun (DMP) job")
+        )
+        raise ValueError(
+            f"cannot resume: {checkpoint} was written by {was}, whose optimizer state {now} cannot load; "
+            "resume a torchrun job under torchrun (any --nproc_per_node), a plain run without it"
+        )
+    for key in RESUME_KEYS:
+        if meta.settings.get(key) != settings[key]:
+            raise ValueError(
+                f"cannot resume: {checkpoint} was trained with {key}={meta.settings.get(key)}, this run has "
+                f"{key}={settings[key]} (the batch order would not continue)"
+            )
+    load_checkpoint(checkpoint, module, optimizer)
+    return meta.step, read_json(checkpoint / HISTORY_FILE)
 
 
 def _step(
@@ -366,6 +440,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-6)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--valid-batch-users", type=int, default=VALID_USERS_PER_BATCH)
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
     a = p.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s %(message)s", force=True)
     log.setLevel(logging.INFO)
@@ -384,6 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         weight_decay=a.weight_decay,
         log_every=a.log_every,
         valid_batch_users=a.valid_batch_users,
+        resume=a.resume,
     )
 
 

@@ -80,6 +80,11 @@ class CheckpointMeta:
             "world_size": self.world_size,
         }
 
+    @staticmethod
+    def is_complete(checkpoint_dir: str | Path) -> bool:
+        """Whether the checkpoint was written to the end (``meta.json`` comes last)."""
+        return (Path(checkpoint_dir) / META_FILE).is_file()
+
     @classmethod
     def read(cls, checkpoint_dir: str | Path) -> CheckpointMeta:
         path = Path(checkpoint_dir) / META_FILE

@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
-from recstack.data.io import INTERACTIONS_FILE
-from recstack.data.split import SPLIT, TRAIN, VALID
-from recstack.evaluation.topk import interaction_matrix
+from recstack.data.split import TRAIN, VALID
+from recstack.evaluation.topk import interaction_matrix, read_interactions
 from recstack.models.artifact import ModelCard, save_artifact, write_card
 from recstack.models.inputs import FeatureTables, Sequences
 from recstack.models.ranker import Ranker, RankerConfig
 from recstack.ranking.features import DENSE_FEATURES, RankingContext, ranker_cardinalities
 from recstack.retrieval.two_tower import TwoTowerRetriever
-from recstack.training.common import BestState, EpochTimer, make_trainer, seed_everything
+from recstack.training.common import BestState, EpochTimer, make_trainer, seed_everything, sharded_engine
 from recstack.training.ranking import RankingPairs, RankingSystem, build_pairs
 from recstack.training.train_retrieval import VALID_MODEL_DIR
 
@@ -80,12 +78,11 @@ def prepare_ranking(
     """Build the candidate pairs, hold out users, fit the dense standardization (see
     :func:`train_ranking` for the arguments)."""
     tables = FeatureTables.load(features_dir)
-    interactions = pl.read_parquet(Path(features_dir) / INTERACTIONS_FILE)
     n_users, n_items = tables.spec.user_id.size, tables.spec.item_id.size
     retriever = TwoTowerRetriever.load(Path(retrieval_dir) / VALID_MODEL_DIR, tables)
-    observed = Sequences.from_interactions(interactions.filter(pl.col(SPLIT) == TRAIN), n_users)
+    observed = Sequences.from_interactions(read_interactions(features_dir, [TRAIN]), n_users)
     ctx = RankingContext.build(tables, observed, retriever.item_vectors)
-    target = interaction_matrix(interactions.filter(pl.col(SPLIT) == VALID), n_users, n_items)
+    target = interaction_matrix(read_interactions(features_dir, [VALID]), n_users, n_items)
     start = time.perf_counter()
     pairs = build_pairs(
         retriever,
@@ -136,12 +133,13 @@ def train_ranking(
     max_users: int | None = None,
     seed: int = 42,
     nproc: int = 1,
+    engine: str = "auto",
     sharding: str = "table_wise",
     embedding_lr: float = 0.05,
 ) -> TrainRankingResult:
     """Build candidate pairs, train the ranker with early stopping, save ``out_dir/model``.
 
-    With ``nproc > 1`` the training runs as a TorchRec sharded job under torchrun
+    With ``nproc > 1`` or ``engine="dmp"`` the training runs as a TorchRec sharded job under torchrun
     (:func:`train_ranking_sharded`) on the same pairs.
 
     Args:
@@ -156,9 +154,10 @@ def train_ranking(
         max_users: train on pairs of at most this many users (a seeded sample); None = every user with
             valid-period interactions.
         seed: seeds weights, sampling and batch order.
-        nproc / sharding / embedding_lr: the sharded path (used when nproc > 1): processes, sharding of
-            the tables, Adagrad learning rate of the tables.
+        nproc / engine: processes, and what trains (:func:`recstack.training.common.sharded_engine`).
+        sharding / embedding_lr: the sharded path's sharding of the tables and their Adagrad learning rate.
     """
+    use_dmp = sharded_engine(engine, nproc)  # before the pairs: a bad setting fails at once
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     setup = prepare_ranking(
@@ -186,7 +185,7 @@ def train_ranking(
         "max_users": max_users,
         "seed": seed,
     }
-    if nproc > 1:
+    if use_dmp:
         return train_ranking_sharded(
             setup,
             features_dir,
@@ -323,6 +322,7 @@ def train_ranking_sharded(
         "train_pairs": result.settings["train_pairs"],
         "positive_share": _positive_share(setup.pairs),
         "version": card.version,
+        "engine": "dmp",
         "nproc": nproc,
         "sharding": sharding,
     }

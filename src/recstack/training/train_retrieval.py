@@ -25,7 +25,7 @@ from recstack.evaluation.topk import interaction_matrix
 from recstack.models.artifact import ModelCard, load_card, save_artifact
 from recstack.models.inputs import FeatureTables, Sequences
 from recstack.models.two_tower import Similarity, TwoTower, TwoTowerConfig
-from recstack.training.common import BestState, EpochTimer, make_trainer, seed_everything
+from recstack.training.common import BestState, EpochTimer, make_trainer, seed_everything, sharded_engine
 from recstack.training.retrieval import RetrievalData, RetrievalSystem
 
 VALID_MODEL_DIR = "valid_model"
@@ -96,13 +96,15 @@ def train_retrieval(
     refit: bool = True,
     seed: int = 42,
     nproc: int = 1,
+    engine: str = "auto",
     sharding: str = "table_wise",
     max_valid_users: int | None = None,
+    max_steps: int | None = None,
 ) -> TrainRetrievalResult:
     """Train the two-tower retrieval model (see the module docstring for the two phases).
 
-    With ``nproc > 1`` both phases run as TorchRec sharded jobs under torchrun instead
-    (:func:`train_retrieval_sharded`).
+    With ``nproc > 1`` or ``engine="dmp"`` both phases run as TorchRec sharded jobs under torchrun
+    instead (:func:`train_retrieval_sharded`).
 
     Args:
         features_dir: output of the ``features`` stage.
@@ -116,9 +118,10 @@ def train_retrieval(
         refit: retrain on train + valid for the best epoch count (P1); False saves the phase-1 model as
             ``model`` too.
         seed: seeds weights, batch order and negatives.
-        nproc / sharding / max_valid_users: see :func:`train_retrieval_sharded` (used when nproc > 1).
+        nproc / engine: processes, and what trains (:func:`recstack.training.common.sharded_engine`).
+        sharding / max_valid_users / max_steps: the sharded path's settings (:func:`train_retrieval_sharded`).
     """
-    if nproc > 1:
+    if sharded_engine(engine, nproc):
         return train_retrieval_sharded(
             features_dir,
             out_dir,
@@ -140,6 +143,7 @@ def train_retrieval(
             refit=refit,
             seed=seed,
             max_valid_users=max_valid_users,
+            max_steps=max_steps,
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,6 +258,7 @@ def train_retrieval_sharded(
     epochs: int = 1,
     refit: bool = True,
     max_valid_users: int | None = None,
+    max_steps: int | None = None,
     **options: Any,
 ) -> TrainRetrievalResult:
     """The stage on TorchRec DistributedModelParallel: ``nproc`` processes under torchrun.
@@ -272,6 +277,8 @@ def train_retrieval_sharded(
         epochs: passes over the examples per phase.
         refit: also train on train + valid for the final ``model/``.
         max_valid_users: score a seeded sample of valid users (None: all).
+        max_steps: end each phase after this many optimizer steps if that comes before ``epochs``
+            passes (None: the full passes); the card and metrics record the steps trained.
         options: :func:`recstack.training.distributed.train_distributed` settings (architecture, batch
             size, negatives, learning rates, seed).
     """
@@ -295,6 +302,7 @@ def train_retrieval_sharded(
             splits=list(splits),
             sequences_dir=work / f"sequences_{name}",
             max_valid_users=max_valid_users if name == "valid" else None,
+            max_steps=max_steps,
             **options,
         )
         shutil.rmtree(job / CHECKPOINTS_DIR, ignore_errors=True)
@@ -309,7 +317,9 @@ def train_retrieval_sharded(
         "epochs_run": epochs,
         **valid.metrics,
         "train_examples": valid.settings["examples"],
+        "train_steps": valid.settings["steps"],
         "version": card.version,
+        "engine": "dmp",
         "nproc": nproc,
         "sharding": sharding,
     }
