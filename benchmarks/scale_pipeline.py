@@ -104,17 +104,25 @@ def main() -> None:
     p.add_argument("work", type=Path, help="a new directory: the clone and its outputs")
     p.add_argument("-S", dest="overrides", action="append", default=[], help="params key=value (repeatable)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), help="stages to run, in order")
+    p.add_argument(
+        "--continue", dest="resume", action="store_true",
+        help="WORK is an earlier run's clone: run --stages there (after a git pull) and add their rows",
+    )  # fmt: skip
     a = p.parse_args()
     if not (a.data / "interactions.parquet").exists():
         raise SystemExit(f"{a.data} has no interactions.parquet: not a canonical dataset directory")
-    prepare(a.data.resolve(), a.work, a.overrides)
+    if a.resume:
+        subprocess.run(["git", "pull", "-q", "--no-rebase"], cwd=a.work, check=True)
+    else:
+        prepare(a.data.resolve(), a.work, a.overrides)
     # The clone's own sources, not the editable install's (this checkout may change while it runs).
     env = {
         **os.environ,
         "PYTHONPATH": str(a.work / "src"),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    rows = []
+    done = a.work / "scale_pipeline.json"
+    rows = [r for r in json.loads(done.read_text()) if r["stage"] not in a.stages] if a.resume else []
     for stage in a.stages:
         rows.append(run_stage(a.work, stage, env))
         r = rows[-1]

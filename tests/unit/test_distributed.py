@@ -270,6 +270,7 @@ def test_training_stage_switches_to_sharded_training_with_nproc(small_features: 
     for d in (VALID_MODEL_DIR, STAGE_MODEL):
         assert TwoTowerRetriever.load(tmp_path / d, tables).item_vectors.shape[1] == 16
     assert not list((tmp_path / "distributed").glob("*/checkpoints"))  # consolidated, then removed
+    assert not list((tmp_path / "distributed").glob("sequences_*"))  # laid-out examples removed too
 
 
 def test_engine_dmp_runs_the_sharded_job_in_one_process(small_features: Path, tmp_path: Path) -> None:

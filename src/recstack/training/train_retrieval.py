@@ -267,8 +267,8 @@ def train_retrieval_sharded(
     ``epochs`` passes over the train split, scored on valid (``valid_model/``), then, with ``refit``, the
     same number of passes over train + valid (``model/``). There is no early stopping: a sharded job
     trains a fixed budget (``max_epochs`` of the stage). The examples are served from memory-mapped
-    sequences under ``out_dir/distributed/``; the jobs' sharded checkpoints are removed once each is
-    consolidated into its artifact (the CLI keeps them).
+    sequences under ``out_dir/distributed/``; the jobs' sharded checkpoints and those sequences are removed
+    once each is consolidated into its artifact (the CLI keeps them).
 
     Args:
         features_dir / out_dir: as for :func:`train_retrieval`.
@@ -305,7 +305,9 @@ def train_retrieval_sharded(
             max_steps=max_steps,
             **options,
         )
+        # Checkpoints and the laid-out examples (a GB at 50M interactions) would only bloat the DVC cache.
         shutil.rmtree(job / CHECKPOINTS_DIR, ignore_errors=True)
+        shutil.rmtree(work / f"sequences_{name}", ignore_errors=True)
         shutil.rmtree(out / target, ignore_errors=True)
         shutil.move(str(job / "model"), out / target)
     if not refit:
