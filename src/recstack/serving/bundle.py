@@ -25,7 +25,7 @@ import polars as pl
 import yaml
 
 from recstack.data.io import INTERACTIONS_FILE, ITEMS_FILE, USERS_FILE
-from recstack.data.split import SPLIT
+from recstack.evaluation.topk import read_interactions
 from recstack.features.spec import SPEC_FILE
 from recstack.models.artifact import load_card
 from recstack.models.inputs import FeatureTables, Sequences
@@ -88,7 +88,7 @@ def build_bundle(
         index_card = json.loads((out / INDEX / INDEX_CARD).read_text())
     check_model_versions(config, versions)
     tables = FeatureTables.load(out / FEATURES)
-    interactions = pl.read_parquet(out / FEATURES / INTERACTIONS_FILE)
+    interactions = read_interactions(out / FEATURES)  # the model columns only: GBs fewer on large logs
     sequences = Sequences.from_interactions(interactions, tables.spec.user_id.size)
     CoOccurrence.build(sequences, tables.items.n_items, config.n_neighbours).save(
         str(out / COOCCURRENCE_FILE)
@@ -163,9 +163,7 @@ def load_bundle(bundle_dir: str | Path, splits: tuple[str, ...] | None = None) -
     config = load_serving_config(d / SERVING_FILE)
     policy = load_policy(d / POLICY_FILE)
     tables = FeatureTables.load(d / FEATURES)
-    interactions = pl.read_parquet(d / FEATURES / INTERACTIONS_FILE)
-    if splits is not None:
-        interactions = interactions.filter(pl.col(SPLIT).is_in(list(splits)))
+    interactions = read_interactions(d / FEATURES, splits)
     spec = tables.spec
     sequences = Sequences.from_interactions(interactions, spec.user_id.size)
     retriever = TwoTowerRetriever.load(d / RETRIEVAL, tables)
