@@ -1,4 +1,5 @@
-"""Run a recstack training module as a ``torchrun --standalone`` job from a test.
+"""Run a recstack training module as a ``torchrun --standalone`` job from a test, and compare the artifacts
+such jobs leave.
 
 A helper module for tests, not a test file.
 """
@@ -9,9 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from recstack.models.artifact import load_weights
 from tests.conftest import PROJECT_ROOT
 
 
@@ -39,3 +43,11 @@ def torchrun(
         output, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish in {timeout} s:\n{output[-4000:]}")
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{output[-6000:]}"
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    """The two model artifacts hold the same tensors, each within ``atol``."""
+    wa, wb = load_weights(a), load_weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wb:
+        torch.testing.assert_close(wa[name], wb[name], atol=atol, rtol=0, msg=name)

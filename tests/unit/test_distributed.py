@@ -40,7 +40,7 @@ from recstack.training.retrieval import sampled_softmax_loss
 from recstack.training.sharded_checkpoint import consolidate, load_two_tower
 from recstack.training.sharding import sharding_constraints
 from recstack.training.streaming import build_sequences, open_sequences
-from tests.torchrun import torchrun
+from tests.torchrun import assert_same_weights, torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -207,13 +207,7 @@ def test_two_processes_match_single_process_training(
 ) -> None:
     dmp, single = _result(sharded_run(sharding)), _result(single_process)
     np.testing.assert_allclose(dmp["losses"], single["losses"], atol=LOSS_ATOL, rtol=0)
-    w_dmp, w_single = (
-        load_weights(sharded_run(sharding) / MODEL_DIR),
-        load_weights(single_process / MODEL_DIR),
-    )
-    assert w_dmp.keys() == w_single.keys()
-    for name in w_single:
-        torch.testing.assert_close(w_dmp[name], w_single[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+    assert_same_weights(sharded_run(sharding) / MODEL_DIR, single_process / MODEL_DIR, WEIGHT_ATOL)
     assert dmp["metrics"].keys() == single["metrics"].keys() and dmp["metrics"]
     for key, value in single["metrics"].items():
         assert dmp["metrics"][key] == pytest.approx(value, abs=METRIC_ATOL), key
@@ -232,9 +226,7 @@ def test_checkpoint_resumes_under_another_sharding(
     np.testing.assert_allclose(
         resumed["losses"], uninterrupted["losses"][CHECKPOINT_EVERY:], atol=LOSS_ATOL, rtol=0
     )
-    a, b = load_weights(tmp_path / MODEL_DIR), load_weights(first / MODEL_DIR)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+    assert_same_weights(tmp_path / MODEL_DIR, first / MODEL_DIR, WEIGHT_ATOL)
 
 
 def test_consolidate_turns_any_checkpoint_into_the_artifact_offline(

@@ -37,7 +37,7 @@ from recstack.training.ranking import RankingPairs
 from recstack.training.sharded_checkpoint import CheckpointMeta, consolidate, load_model
 from recstack.training.train_ranking import prepare_ranking
 from recstack.training.train_retrieval import MODEL_DIR as RETRIEVAL_MODEL
-from tests.torchrun import torchrun
+from tests.torchrun import assert_same_weights, torchrun
 
 pytestmark = pytest.mark.distributed
 
@@ -139,13 +139,7 @@ def test_two_process_ranker_matches_single_process_training(
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=METRIC_ATOL), (a["epoch"], key)
-    w_dmp, w_single = (
-        load_weights(sharded_run(sharding) / MODEL_DIR),
-        load_weights(single_process / MODEL_DIR),
-    )
-    assert w_dmp.keys() == w_single.keys()
-    for name in w_single:
-        torch.testing.assert_close(w_dmp[name], w_single[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+    assert_same_weights(sharded_run(sharding) / MODEL_DIR, single_process / MODEL_DIR, WEIGHT_ATOL)
 
 
 def test_the_artifact_is_the_best_epoch_and_serving_loads_it(
@@ -223,9 +217,7 @@ def test_an_interrupted_job_resumes_where_it_stopped_on_another_world_size(
         assert a[MONITOR] == pytest.approx(b[MONITOR], abs=METRIC_ATOL), a["epoch"]
     assert resumed.best_epoch == whole.best_epoch
     assert resumed.settings["world_size"] == 1
-    w_resumed, w_whole = load_weights(tmp_path / MODEL_DIR), load_weights(single_process / MODEL_DIR)
-    for name in w_whole:
-        torch.testing.assert_close(w_resumed[name], w_whole[name], atol=WEIGHT_ATOL, rtol=0, msg=name)
+    assert_same_weights(tmp_path / MODEL_DIR, single_process / MODEL_DIR, WEIGHT_ATOL)
 
     # What cannot continue is refused with the reason: settings the batch order depends on, a DMP
     # checkpoint's fused optimizer state in a plain process, a job with no checkpoint at all.

@@ -19,6 +19,11 @@ class Baseline(Protocol):
         """``(len(users),)`` user indices -> ``(len(users), n_items + 1)`` scores, higher = better."""
         ...
 
+    @classmethod
+    def check_catalog(cls, n_columns: int) -> None:
+        """Raise ValueError, naming the reason, when ``fit`` cannot handle ``n_columns`` (``n_items + 1``)."""
+        ...
+
 
 # EASE and RP3beta hold dense (n_items + 1)^2 float64 matrices (and a second one while they fit): 30,000
 # items is 7.2 GB each. Past it they would not fail cleanly but swap or get killed, so they refuse first.
@@ -42,3 +47,14 @@ def check_dense_catalog(name: str, n_columns: int) -> None:
             f"catalogs above {MAX_DENSE_ITEMS:,} items are out of its reach: leave {name!r} out of "
             "evaluate.baselines (most_popular scales to any catalog)"
         )
+
+
+class DenseItemItem:
+    """Base of the baselines that hold dense item-item matrices (EASE, RP3beta): bounded catalogs only."""
+
+    name: str
+
+    @classmethod
+    def check_catalog(cls, n_columns: int) -> None:
+        """Refuse catalogs above :data:`MAX_DENSE_ITEMS` (:func:`check_dense_catalog`)."""
+        check_dense_catalog(cls.name, n_columns)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recstack.baselines import check_dense_catalog
+from recstack.baselines import DenseItemItem
 
 
-class EASE:
+class EASE(DenseItemItem):
     """B = I - P diagMat(1 / diag(P)), P = (X^T X + lambda I)^-1; scores = X B.
 
     Args:
@@ -24,7 +24,7 @@ class EASE:
 
     def fit(self, train: sp.csr_matrix) -> EASE:
         """Args: train: ``(n_users + 1, n_items + 1)`` binary CSR. Memory: a dense ``n_items^2`` float64."""
-        check_dense_catalog(self.name, train.shape[1])
+        self.check_catalog(train.shape[1])
         self.train = train.tocsr().astype(np.float64)
         gram = (self.train.T @ self.train).toarray()
         gram[np.diag_indices_from(gram)] += self.l2

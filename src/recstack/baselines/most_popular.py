@@ -11,6 +11,10 @@ class MostPopular:
 
     name = "most_popular"
 
+    @classmethod
+    def check_catalog(cls, n_columns: int) -> None:
+        """Any catalog: one count per item."""
+
     def fit(self, train: sp.csr_matrix) -> MostPopular:
         """Args: train: ``(n_users + 1, n_items + 1)`` binary CSR."""
         self.popularity = np.asarray(train.sum(axis=0)).ravel().astype(np.float32)

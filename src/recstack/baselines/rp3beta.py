@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recstack.baselines import check_dense_catalog
+from recstack.baselines import DenseItemItem
 
 
-class RP3beta:
+class RP3beta(DenseItemItem):
     """W[i, j] = (P_iu P_ui)[i, j] / pop(j)^beta, with transition probabilities raised to ``alpha``.
 
     Args:
@@ -34,7 +34,7 @@ class RP3beta:
 
     def fit(self, train: sp.csr_matrix) -> RP3beta:
         """Args: train: ``(n_users + 1, n_items + 1)`` binary CSR."""
-        check_dense_catalog(self.name, train.shape[1])
+        self.check_catalog(train.shape[1])
         self.train = train.tocsr().astype(np.float64)
         p_ui = self._row_normalize(self.train).power(self.alpha)
         p_iu = self._row_normalize(self.train.T.tocsr()).power(self.alpha)

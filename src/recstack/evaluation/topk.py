@@ -21,15 +21,20 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]  # user indices (b,) -> scores (b, 
 MODEL_COLUMNS = (USER_IDX, ITEM_IDX, TIMESTAMP, SPLIT)  # what training and evaluation read of the log
 
 
-def read_interactions(features_dir: str | Path, splits: Sequence[str] | None = None) -> pl.DataFrame:
-    """The ``features`` stage's interactions, only :data:`MODEL_COLUMNS` and (optionally) ``splits``.
+def read_interactions(
+    features_dir: str | Path, splits: Sequence[str] | None = None, max_user: int | None = None
+) -> pl.DataFrame:
+    """The ``features`` stage's interactions, only :data:`MODEL_COLUMNS`, optionally only ``splits`` and
+    users ``1..max_user``.
 
-    The projection and the filter are pushed into the Parquet scan: on a 45M-row log the skipped string
-    columns (event type...) and splits are gigabytes never read.
+    The projection and the filters are pushed into the Parquet scan: on a 45M-row log the skipped string
+    columns (event type...), splits and users are gigabytes never read.
     """
     scan = pl.scan_parquet(Path(features_dir) / INTERACTIONS_FILE).select(MODEL_COLUMNS)
     if splits is not None:
         scan = scan.filter(pl.col(SPLIT).is_in(list(splits)))
+    if max_user is not None:
+        scan = scan.filter(pl.col(USER_IDX).is_between(1, max_user))
     return scan.collect()
 
 

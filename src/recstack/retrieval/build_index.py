@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 
-from recstack.data.io import INTERACTIONS_FILE
-from recstack.data.schema import TIMESTAMP
-from recstack.data.split import FIT_SPLITS, SPLIT
-from recstack.features.transform import ITEM_IDX, USER_IDX
+from recstack.data.split import FIT_SPLITS
+from recstack.evaluation.topk import read_interactions
 from recstack.models.inputs import FeatureTables, Sequences
 from recstack.retrieval.index import IndexConfig, make_index, measure, save_index
 from recstack.retrieval.two_tower import TwoTowerRetriever
@@ -41,14 +38,8 @@ def retriever_and_queries(
     retriever = TwoTowerRetriever.load(Path(retrieval_dir) / MODEL_DIR, tables)
     n_users = tables.spec.user_id.size
     users = np.arange(1, min(n_users, max_queries) + 1)
-    # Only these users' fit rows, filtered in the Parquet scan: the whole log (every column) was 14 GB at
-    # 50M interactions, for 2,000 users' histories.
-    fit = (
-        pl.scan_parquet(Path(features_dir) / INTERACTIONS_FILE)
-        .filter(pl.col(SPLIT).is_in(list(FIT_SPLITS)) & pl.col(USER_IDX).is_between(1, len(users)))
-        .select(USER_IDX, ITEM_IDX, TIMESTAMP)
-        .collect()
-    )
+    # Only these users' fit rows: the whole log (every column) was 14 GB at 50M interactions.
+    fit = read_interactions(features_dir, FIT_SPLITS, max_user=len(users))
     seq = Sequences.from_interactions(fit, n_users)
     return retriever, retriever.user_vectors(seq, users)
 

@@ -148,22 +148,19 @@ def load_retrieval_data(
     if sequences_dir is None:
         interactions = pl.read_parquet(path)
         sequences = Sequences.from_interactions(interactions.filter(pl.col(SPLIT).is_in(splits)), n_users)
+        log_frame = interactions.lazy()  # read once: the valid split below comes from memory too
     else:
         if cluster is None or cluster.rank == 0:
             build_sequences(path, splits, n_users, sequences_dir)
         if cluster is not None and cluster.distributed:
             dist.barrier()
         sequences = open_sequences(sequences_dir)
+        log_frame = pl.scan_parquet(path)
     if VALID in splits:
         # P1's refit trains on valid: scoring it would measure nothing, and with no sample it ranked every
         # valid user over the whole catalog (millions of users at 50M interactions: hours).
         return tables, RetrievalData(tables.items, tables.users, sequences, None)
-    valid = (
-        pl.scan_parquet(path)
-        .filter(pl.col(SPLIT) == VALID)
-        .select(USER_IDX, ITEM_IDX)
-        .collect(engine="streaming")
-    )
+    valid = log_frame.filter(pl.col(SPLIT) == VALID).select(USER_IDX, ITEM_IDX).collect(engine="streaming")
     if max_valid_users is not None:
         users = np.unique(valid[USER_IDX].to_numpy())
         if len(users) > max_valid_users:

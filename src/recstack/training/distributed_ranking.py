@@ -54,7 +54,7 @@ from recstack.jsonio import read_json, write_json
 from recstack.models.inputs import FeatureTables
 from recstack.models.ranker import Ranker, RankerConfig
 from recstack.training.common import seed_everything
-from recstack.training.distributed import global_batches
+from recstack.training.distributed import CHECKPOINTS_DIR, MODEL_DIR, RESULT_FILE, global_batches
 from recstack.training.ranking import CandidateRows, PairBatches, RankingPairs, rerank_metrics
 from recstack.training.sharded_checkpoint import CheckpointMeta, consolidate, load_checkpoint, save_checkpoint
 from recstack.training.sharding import (
@@ -72,9 +72,6 @@ from recstack.training.sharding import (
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE = "result.json"
-MODEL_DIR = "model"
-CHECKPOINTS_DIR = "checkpoints"
 SETUP_FILE = "setup.json"  # next to the saved pairs: the ranker config and the train / held-out users
 HISTORY_FILE = "history.json"  # in every epoch checkpoint: the validation history up to it (for resuming)
 RESUME_KEYS = ("batch_size", "seed", "steps_per_epoch", "train_pairs")  # must match to continue a job
