@@ -32,7 +32,7 @@ p["ingest"]["as_of"] = "2026-01-01"
 p["train_retrieval"].update(max_epochs=1, refit=False, batch_size=4096)
 p["train_ranking"].update(max_epochs=1, batch_size=8192, max_users=2000)
 p["build_index"].update(kind="ivf_flat", nlist=4096, nprobe=32, max_queries=500)
-p["package"].update(smoke_users=50, export=False)  # the store has the bento; no archive needed
+p["package"].update(smoke_users=50, export="none")  # the store has the bento; no archive needed
 open("params.yaml", "w").write(yaml.safe_dump(p, sort_keys=False))
 PY
 for stage in ingest features train_retrieval train_ranking build_index package $extra; do

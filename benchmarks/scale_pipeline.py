@@ -13,7 +13,8 @@ The scale settings, and why: training runs the TorchRec DMP jobs in one process 
 sparse optimizers; 27x to 70x the plain loop's steps at 1M items) for a fixed step budget; the ranker trains on
 a seeded 20,000-user sample of pairs; ``evaluate`` scores a seeded 10,000-user sample and leaves out EASE and
 RP3beta (dense 1M x 1M item matrices); the index is IVF-flat (what ``benchmarks/index_sweep.py`` chose at
-1M items); the replay serves the first 20,000 held-out events. ``batch_topn`` (every known user) is left out
+1M items); the bento is exported as tar.gz (xz, the default, is single-threaded: over 12 minutes for the
+3.3 GB bento); the replay serves the first 20,000 held-out events. ``batch_topn`` (every known user) is left out
 unless asked for with ``--stages``.
 """
 
@@ -47,6 +48,7 @@ SCALE: dict[str, dict[str, Any]] = {
     "train_ranking": {"engine": "dmp", "nproc": 1, "max_users": 20000, "max_epochs": 3},
     "evaluate": {"baselines": ["most_popular"], "max_users": 10000},
     "build_index": {"kind": "ivf_flat", "nlist": 4096, "nprobe": 32},
+    "package": {"export": "gz"},
     "replay": {"max_events": 20000},
 }
 
@@ -61,11 +63,10 @@ def _set(params: dict, dotted: str, value: Any) -> None:
     node[key] = value
 
 
-def prepare(data: Path, work: Path, overrides: list[str]) -> None:
-    """Clone the project into ``work`` and write its params for the large log."""
-    if work.exists():
-        raise FileExistsError(f"{work} exists: give a new directory (the clone goes there)")
-    subprocess.run(["git", "clone", "-q", str(HERE), str(work)], check=True)
+def write_params(data: Path, work: Path, overrides: list[str]) -> None:
+    """Write the clone's params.yaml for the large log: its committed params, the scale settings, then
+    ``overrides``."""
+    subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=work, check=True)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["data"] = {"source": "synthetic", "path": str(data), "options": {}}
     for section, values in SCALE.items():
@@ -106,15 +107,20 @@ def main() -> None:
     p.add_argument("--stages", nargs="+", default=list(STAGES), help="stages to run, in order")
     p.add_argument(
         "--continue", dest="resume", action="store_true",
-        help="WORK is an earlier run's clone: run --stages there (after a git pull) and add their rows",
+        help="WORK is an earlier run's clone: pull, rewrite its params (with -S), run --stages, add their rows",
     )  # fmt: skip
     a = p.parse_args()
     if not (a.data / "interactions.parquet").exists():
         raise SystemExit(f"{a.data} has no interactions.parquet: not a canonical dataset directory")
     if a.resume:
+        # params.yaml is the only file the benchmark changes in the clone: put it back, pull, rewrite it.
+        subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=a.work, check=True)
         subprocess.run(["git", "pull", "-q", "--no-rebase"], cwd=a.work, check=True)
+    elif a.work.exists():
+        raise SystemExit(f"{a.work} exists: give a new directory (the clone goes there), or --continue")
     else:
-        prepare(a.data.resolve(), a.work, a.overrides)
+        subprocess.run(["git", "clone", "-q", str(HERE), str(a.work)], check=True)
+    write_params(a.data.resolve(), a.work, a.overrides)
     # The clone's own sources, not the editable install's (this checkout may change while it runs).
     env = {
         **os.environ,
