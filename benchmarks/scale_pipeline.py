@@ -79,6 +79,27 @@ def write_params(data: Path, work: Path, overrides: list[str]) -> None:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def pull_keeping_outputs(work: Path) -> None:
+    """``git pull`` in the clone, keeping what its runs wrote into tracked files (dvc.lock, metrics/).
+
+    Those are this run's results, and upstream changes the same files, so a plain pull would refuse. The
+    changed files are set aside, reset, pulled over, then put back (params.yaml is rewritten afterwards).
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=work, check=True, capture_output=True, text=True).stdout
+
+    changed = git("diff", "--name-only", "--diff-filter=M").split()
+    deleted = git("diff", "--name-only", "--diff-filter=D").split()
+    kept = {name: (work / name).read_bytes() for name in changed if name != "params.yaml"}
+    git("checkout", "-q", "--", ".")
+    git("pull", "-q", "--no-rebase")
+    for name, data in kept.items():
+        (work / name).write_bytes(data)
+    for name in deleted:
+        (work / name).unlink(missing_ok=True)
+
+
 def run_stage(work: Path, stage: str, env: dict[str, str]) -> dict[str, Any]:
     """``dvc repro --single-item stage`` under ``/usr/bin/time``: wall seconds and peak RSS (GB)."""
     log = work / f"repro-{stage}.log"
@@ -113,9 +134,7 @@ def main() -> None:
     if not (a.data / "interactions.parquet").exists():
         raise SystemExit(f"{a.data} has no interactions.parquet: not a canonical dataset directory")
     if a.resume:
-        # params.yaml is the only file the benchmark changes in the clone: put it back, pull, rewrite it.
-        subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=a.work, check=True)
-        subprocess.run(["git", "pull", "-q", "--no-rebase"], cwd=a.work, check=True)
+        pull_keeping_outputs(a.work)
     elif a.work.exists():
         raise SystemExit(f"{a.work} exists: give a new directory (the clone goes there), or --continue")
     else:
