@@ -37,6 +37,13 @@ def _scan(path: Path) -> pl.LazyFrame:
     return pl.scan_parquet(path)
 
 
+def read_columns(path: str | Path, columns: list[str]) -> pl.DataFrame:
+    """The ``columns`` of a Parquet file that it has, in that order (read only those: the feature tables
+    also hold raw text and users' histories, gigabytes at millions of users)."""
+    present = pl.read_parquet_schema(path)
+    return pl.read_parquet(path, columns=[c for c in dict.fromkeys(columns) if c in present])
+
+
 def scan_canonical(directory: str | Path, source: str = "canonical") -> RawData:
     """Lazily open a canonical dataset directory.
 

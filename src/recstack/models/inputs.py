@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torchrec import EmbeddingBagCollection, KeyedJaggedTensor
 
-from recstack.data.io import ITEMS_FILE, USERS_FILE
+from recstack.data.io import ITEMS_FILE, USERS_FILE, read_columns
 from recstack.data.schema import TIMESTAMP
 from recstack.features.spec import FeatureSpec
 from recstack.features.transform import CATEGORY_IDX, ITEM_IDX, TITLE_TOKEN_IDX, USER_IDX
@@ -145,6 +145,26 @@ def pooled_embeddings(ebc: EmbeddingBagCollection, bags: dict[str, Bag]) -> torc
     return torch.cat(out, dim=1)
 
 
+def _attribute_names(
+    categorical: dict, numeric: dict, time_varying: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """(table column, feature name) of the encoded categorical attributes and static numeric buckets."""
+    columns = [(f"{col}_idx", vocab.name) for col, vocab in categorical.items()]
+    columns += [
+        (f"{col}_bucket", f"{enc.name}_bucket")
+        for col, enc in numeric.items()
+        if not _time_varying(col, time_varying)
+    ]
+    return columns
+
+
+def _only(table: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """``table``'s ``columns`` that it has (a missing attribute reads as unknown). The feature tables also
+    hold raw attributes, titles and users' histories: carried through the join below they would cost
+    gigabytes at millions of users."""
+    return table.select(c for c in columns if c in table.columns)
+
+
 def _attribute_columns(
     frame: pl.DataFrame,
     categorical: dict,
@@ -155,13 +175,7 @@ def _attribute_columns(
     """Index arrays (and table sizes) of the encoded categorical attributes and static numeric buckets."""
     single: dict[str, np.ndarray] = {}
     sizes: dict[str, int] = {}
-    columns = [(f"{col}_idx", vocab.name) for col, vocab in categorical.items()]
-    columns += [
-        (f"{col}_bucket", f"{enc.name}_bucket")
-        for col, enc in numeric.items()
-        if not _time_varying(col, time_varying)
-    ]
-    for column, name in columns:
+    for column, name in _attribute_names(categorical, numeric, time_varying):
         values = frame[column] if column in frame.columns else pl.Series(column, [0] * frame.height)
         single[name] = values.fill_null(0).to_numpy().astype(np.int64)
         sizes[name] = cardinalities[name]
@@ -189,7 +203,7 @@ class ItemFeatures:
         """Build from ``items.parquet`` (one row per item, with ``item_idx``) and the feature spec."""
         n = spec.item_id.size + 1
         frame = pl.DataFrame({ITEM_IDX: np.arange(n, dtype=np.int32)}).join(
-            items.unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
+            _only(items, cls.columns(spec)).unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
         )
         card = spec.cardinalities()
         attrs, attr_sizes = _attribute_columns(
@@ -204,6 +218,12 @@ class ItemFeatures:
         sizes[spec.categories.name] = card[spec.categories.name]
         sizes[spec.title_tokens.name] = card[spec.title_tokens.name]
         return cls(single=single, bags=bags, cardinalities=sizes)
+
+    @staticmethod
+    def columns(spec: FeatureSpec) -> list[str]:
+        """The columns of ``items.parquet`` that :meth:`from_table` reads."""
+        attrs = _attribute_names(spec.item_categorical, spec.item_numeric, TIME_VARYING_ITEM_COLUMNS)
+        return [ITEM_IDX, *(c for c, _ in attrs), CATEGORY_IDX, TITLE_TOKEN_IDX]
 
     @property
     def n_items(self) -> int:
@@ -244,7 +264,7 @@ class UserFeatures:
     def from_table(cls, users: pl.DataFrame, spec: FeatureSpec) -> UserFeatures:
         """Build from ``users.parquet`` and the spec. Users sharing the unknown index keep row 0 empty."""
         n = spec.user_id.size + 1
-        known = users.filter(pl.col(USER_IDX) > 0).unique(USER_IDX, keep="first")
+        known = _only(users, cls.columns(spec)).filter(pl.col(USER_IDX) > 0).unique(USER_IDX, keep="first")
         frame = pl.DataFrame({USER_IDX: np.arange(n, dtype=np.int32)}).join(known, on=USER_IDX, how="left")
         attrs, attr_sizes = _attribute_columns(
             frame, spec.user_categorical, spec.user_numeric, spec.cardinalities(), TIME_VARYING_USER_COLUMNS
@@ -252,6 +272,12 @@ class UserFeatures:
         single = {USER_ID_FEATURE: np.arange(n, dtype=np.int64), **attrs}
         sizes = {USER_ID_FEATURE: n, **attr_sizes}
         return cls(single=single, cardinalities=sizes)
+
+    @staticmethod
+    def columns(spec: FeatureSpec) -> list[str]:
+        """The columns of ``users.parquet`` that :meth:`from_table` reads."""
+        attrs = _attribute_names(spec.user_categorical, spec.user_numeric, TIME_VARYING_USER_COLUMNS)
+        return [USER_IDX, *(c for c, _ in attrs)]
 
     def attribute_rows(self, attributes: pl.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
         """Encoded attributes of users given as raw rows (e.g. an unknown user online), same keys."""
@@ -376,8 +402,8 @@ class FeatureTables:
         spec = FeatureSpec.load(d)
         return cls(
             spec=spec,
-            items=ItemFeatures.from_table(pl.read_parquet(d / ITEMS_FILE), spec),
-            users=UserFeatures.from_table(pl.read_parquet(d / USERS_FILE), spec),
+            items=ItemFeatures.from_table(read_columns(d / ITEMS_FILE, ItemFeatures.columns(spec)), spec),
+            users=UserFeatures.from_table(read_columns(d / USERS_FILE, UserFeatures.columns(spec)), spec),
         )
 
     def category_matrix(self) -> sp.csr_matrix:

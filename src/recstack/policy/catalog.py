@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recstack.data.io import ITEMS_FILE
+from recstack.data.io import ITEMS_FILE, read_columns
 from recstack.features.transform import ITEM_AGE, ITEM_IDX, pop_column
 from recstack.models.inputs import FeatureTables
 from recstack.policy.rerank import PolicyCatalog
@@ -16,11 +16,13 @@ from recstack.policy.rerank import PolicyCatalog
 def policy_catalog(tables: FeatureTables, features_dir: str | Path) -> PolicyCatalog:
     """Raw ids, categories, categorical attributes, age and popularity of every item, by item index."""
     n = tables.items.n_items
-    items = pl.read_parquet(Path(features_dir) / ITEMS_FILE)
+    spec = tables.spec
+    items = read_columns(
+        Path(features_dir) / ITEMS_FILE, [ITEM_IDX, *spec.item_categorical, ITEM_AGE, pop_column(None)]
+    )
     frame = pl.DataFrame({ITEM_IDX: np.arange(n, dtype=np.int32)}).join(
         items.unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
     )
-    spec = tables.spec
     ids = np.array([""] + [str(v) for v in spec.item_id.values.to_list()], dtype=object)
     # Drop column 0 (unknown category): policy rules name real categories only.
     cats = tables.category_matrix()[:, 1:]

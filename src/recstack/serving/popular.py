@@ -41,8 +41,11 @@ class PopularLists:
         Items are ranked by their count in the trailing window, ties broken by all-time count, then by
         index, so lists are deterministic and long enough even when the window is sparse.
         """
-        rows = interactions.filter(pl.col(ITEM_IDX) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP)
-        latest = rows[TIMESTAMP].max()
+        # Lazy and streamed: at tens of millions of interactions, the joined rows and the group-by's
+        # tables would otherwise sit in memory at once (2.5 GB at 45M rows). The counts are small: at most
+        # one row per segment value and item.
+        rows = interactions.lazy().filter(pl.col(ITEM_IDX) > 0).select(USER_IDX, ITEM_IDX, TIMESTAMP)
+        latest = rows.select(pl.col(TIMESTAMP).max()).collect(engine="streaming").item()
         recent = (
             (pl.col(TIMESTAMP) >= latest - pl.duration(days=window_days)).cast(pl.Int64)
             if window_days is not None and latest is not None
@@ -50,11 +53,14 @@ class PopularLists:
         )
         rows = rows.with_columns(recent.alias("_recent"))
 
-        def top(frame: pl.DataFrame, by: list[str]) -> pl.DataFrame:
-            return (
+        def top(frame: pl.LazyFrame, by: list[str]) -> pl.DataFrame:
+            counts = (
                 frame.group_by([*by, ITEM_IDX])
                 .agg(pl.col("_recent").sum().alias("_r"), pl.len().alias("_all"))
-                .sort([*by, "_r", "_all", ITEM_IDX], descending=[False] * len(by) + [True, True, False])
+                .collect(engine="streaming")
+            )
+            return (
+                counts.sort([*by, "_r", "_all", ITEM_IDX], descending=[False] * len(by) + [True, True, False])
                 .group_by(by, maintain_order=True)
                 .head(size)
             )
@@ -65,7 +71,7 @@ class PopularLists:
             if attr not in users.columns:
                 continue
             joined = rows.join(
-                users.select(USER_IDX, pl.col(attr).cast(pl.String)).unique(USER_IDX),
+                users.lazy().select(USER_IDX, pl.col(attr).cast(pl.String)).unique(USER_IDX),
                 on=USER_IDX,
                 how="inner",
             ).filter(pl.col(attr).is_not_null())
