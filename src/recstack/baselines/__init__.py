@@ -30,25 +30,6 @@ class Baseline(Protocol):
 MAX_DENSE_ITEMS = 30_000
 
 
-def check_dense_catalog(name: str, n_columns: int) -> None:
-    """Raise before fitting an item-item baseline on a catalog its dense matrices cannot hold.
-
-    Args:
-        name: the baseline (for the message).
-        n_columns: the train matrix's columns (``n_items + 1``).
-
-    Raises:
-        ValueError: the catalog is above :data:`MAX_DENSE_ITEMS`; the message gives the memory it would take.
-    """
-    if n_columns > MAX_DENSE_ITEMS:
-        gb = n_columns**2 * 8 / 1e9
-        raise ValueError(
-            f"{name} needs a dense {n_columns:,} x {n_columns:,} float64 item-item matrix ({gb:,.0f} GB); "
-            f"catalogs above {MAX_DENSE_ITEMS:,} items are out of its reach: leave {name!r} out of "
-            "evaluate.baselines (most_popular scales to any catalog)"
-        )
-
-
 class DenseItemItem:
     """Base of the baselines that hold dense item-item matrices (EASE, RP3beta): bounded catalogs only."""
 
@@ -56,5 +37,19 @@ class DenseItemItem:
 
     @classmethod
     def check_catalog(cls, n_columns: int) -> None:
-        """Refuse catalogs above :data:`MAX_DENSE_ITEMS` (:func:`check_dense_catalog`)."""
-        check_dense_catalog(cls.name, n_columns)
+        """Raise before fitting on a catalog the dense matrices cannot hold.
+
+        Args:
+            n_columns: the train matrix's columns (``n_items + 1``).
+
+        Raises:
+            ValueError: the catalog is above :data:`MAX_DENSE_ITEMS`; the message gives the memory it would
+                take.
+        """
+        if n_columns > MAX_DENSE_ITEMS:
+            gb = n_columns**2 * 8 / 1e9
+            raise ValueError(
+                f"{cls.name} needs a dense {n_columns:,} x {n_columns:,} float64 item-item matrix "
+                f"({gb:,.0f} GB); catalogs above {MAX_DENSE_ITEMS:,} items are out of its reach: "
+                f"leave {cls.name!r} out of evaluate.baselines (most_popular scales to any catalog)"
+            )

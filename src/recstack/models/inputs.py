@@ -158,13 +158,6 @@ def _attribute_names(
     return columns
 
 
-def _only(table: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    """``table``'s ``columns`` that it has (a missing attribute reads as unknown). The feature tables also
-    hold raw attributes, titles and users' histories: carried through the join below they would cost
-    gigabytes at millions of users."""
-    return table.select(c for c in columns if c in table.columns)
-
-
 def _attribute_columns(
     frame: pl.DataFrame,
     categorical: dict,
@@ -203,7 +196,7 @@ class ItemFeatures:
         """Build from ``items.parquet`` (one row per item, with ``item_idx``) and the feature spec."""
         n = spec.item_id.size + 1
         frame = pl.DataFrame({ITEM_IDX: np.arange(n, dtype=np.int32)}).join(
-            _only(items, cls.columns(spec)).unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
+            items.unique(ITEM_IDX, keep="first"), on=ITEM_IDX, how="left"
         )
         card = spec.cardinalities()
         attrs, attr_sizes = _attribute_columns(
@@ -221,7 +214,8 @@ class ItemFeatures:
 
     @staticmethod
     def columns(spec: FeatureSpec) -> list[str]:
-        """The columns of ``items.parquet`` that :meth:`from_table` reads."""
+        """The columns of ``items.parquet`` that :meth:`from_table` reads (:meth:`FeatureTables.load` reads
+        only these: the table also holds titles and raw attributes)."""
         attrs = _attribute_names(spec.item_categorical, spec.item_numeric, TIME_VARYING_ITEM_COLUMNS)
         return [ITEM_IDX, *(c for c, _ in attrs), CATEGORY_IDX, TITLE_TOKEN_IDX]
 
@@ -264,7 +258,7 @@ class UserFeatures:
     def from_table(cls, users: pl.DataFrame, spec: FeatureSpec) -> UserFeatures:
         """Build from ``users.parquet`` and the spec. Users sharing the unknown index keep row 0 empty."""
         n = spec.user_id.size + 1
-        known = _only(users, cls.columns(spec)).filter(pl.col(USER_IDX) > 0).unique(USER_IDX, keep="first")
+        known = users.filter(pl.col(USER_IDX) > 0).unique(USER_IDX, keep="first")
         frame = pl.DataFrame({USER_IDX: np.arange(n, dtype=np.int32)}).join(known, on=USER_IDX, how="left")
         attrs, attr_sizes = _attribute_columns(
             frame, spec.user_categorical, spec.user_numeric, spec.cardinalities(), TIME_VARYING_USER_COLUMNS
@@ -275,7 +269,8 @@ class UserFeatures:
 
     @staticmethod
     def columns(spec: FeatureSpec) -> list[str]:
-        """The columns of ``users.parquet`` that :meth:`from_table` reads."""
+        """The columns of ``users.parquet`` that :meth:`from_table` reads (:meth:`FeatureTables.load` reads
+        only these: the table also holds every user's history, gigabytes at millions of users)."""
         attrs = _attribute_names(spec.user_categorical, spec.user_numeric, TIME_VARYING_USER_COLUMNS)
         return [USER_IDX, *(c for c, _ in attrs)]
 

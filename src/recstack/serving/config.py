@@ -39,6 +39,11 @@ class Budgets(_Strict):
     total_ms: float = Field(180.0, gt=0, description="the whole request; the users' target is p95 < 200 ms")
 
 
+# Budgets for checks of correctness (smoke and parity tests): a stage cut short by a noisy neighbour, or a
+# garbage-collection pause, would serve a fallback, and the check would flicker with the machine's load.
+NO_BUDGETS: dict[str, float] = {"retrieval_ms": 60_000, "ranking_ms": 60_000, "total_ms": 120_000}
+
+
 class Surface(_Strict):
     """How a surface builds its candidate list.
 

@@ -187,7 +187,6 @@ def package(
     import bentoml
     from bentoml.exceptions import NotFound
 
-    check_export(export)
     _ensure_uv()
     model_tag = import_bundle(bundle_dir, version)
     requirements = stage_build_context(service_dir, package_src, build_dir)
@@ -269,11 +268,11 @@ def smoke_test(bundle_dir: str | Path, n_users: int) -> dict[str, Any]:
 
     import numpy as np
 
+    from recstack.serving.config import NO_BUDGETS
     from recstack.serving.engine import Recommender
     from recstack.serving.schemas import RecommendRequest
 
-    unlimited = {"retrieval_ms": 60_000, "ranking_ms": 60_000, "total_ms": 120_000}
-    rec = Recommender.load(bundle_dir, overrides={"budgets": unlimited, "cache": {"enabled": False}})
+    rec = Recommender.load(bundle_dir, overrides={"budgets": NO_BUDGETS, "cache": {"enabled": False}})
     try:
         ids = rec.bundle.tables.spec.user_id.values.head(n_users).to_list()
         times, fallbacks, short = [], 0, 0
