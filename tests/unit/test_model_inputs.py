@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from recstack.models.inputs import Sequences, gather_ranges, mean_bag, recency_bag, to_kjt
 from recstack.ranking.features import DAY_US, ItemTimeline
@@ -90,3 +91,35 @@ def test_item_timeline_counts_only_the_past() -> None:
     assert counts[0, 1].tolist() == [0, 2, 2]
     first, last, seen = tl.first_last(np.array([3, 1]), np.array([day0 + DAY_US, day0 - 1]))
     assert seen.tolist() == [True, False] and first[0] == last[0] == day0
+
+
+def test_repeated_bags_expand_to_the_rows_they_stand_for_and_embed_the_same() -> None:
+    from dataclasses import replace
+
+    from torchrec import EmbeddingBagCollection
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+    from recstack.models.inputs import pooled_embeddings, single
+
+    ragged = replace(mean_bag(np.array([3, 1, 4, 2, 2]), np.array([2, 0, 3])), repeat=2)
+    out = ragged.expanded()
+    assert out.lengths.tolist() == [2, 2, 0, 0, 3, 3]
+    assert out.values.tolist() == [3, 1, 3, 1, 4, 2, 2, 4, 2, 2]
+    assert np.allclose(out.weights, [0.5] * 4 + [1 / 3] * 6)
+    one = single(np.array([5, 0]), repeat=3).expanded()
+    assert one.values.tolist() == [5, 5, 5, 0, 0, 0] and one.lengths.tolist() == [1] * 6
+    ebc = EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(
+                name=f"t_{f}", embedding_dim=4, num_embeddings=8, feature_names=[f], pooling=PoolingType.SUM
+            )
+            for f in ("a", "b")
+        ],
+        is_weighted=True,
+    )
+    repeated = {"a": ragged, "b": single(np.array([5, 0, 7]), repeat=2)}
+    written_out = {name: replace(bag.expanded(), single=False) for name, bag in repeated.items()}
+    # A repeated bag and a single-valued row lookup give what the plain weighted bags give, bit for bit,
+    # and what the EBC's own forward gives.
+    assert torch.equal(pooled_embeddings(ebc, repeated), pooled_embeddings(ebc, written_out))
+    assert torch.equal(pooled_embeddings(ebc, repeated), ebc(to_kjt(repeated)).values())

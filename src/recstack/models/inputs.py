@@ -72,17 +72,35 @@ def range_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Bag:
-    """One sparse feature of a batch: ``values`` (nnz,), ``lengths`` (B,), ``weights`` (nnz,)."""
+    """One sparse feature of a batch: ``values`` (nnz,), ``lengths`` (B,), ``weights`` (nnz,).
+
+    ``repeat > 1``: each row stands for that many consecutive rows of the batch (a user's feature, the
+    same for each of its candidates), looked up once and repeated; :meth:`expanded` writes them out.
+    ``single``: one index per row, weight 1 (an embedding row, no pooling).
+    """
 
     values: np.ndarray
     lengths: np.ndarray
     weights: np.ndarray
+    repeat: int = 1
+    single: bool = False
+
+    def expanded(self) -> Bag:
+        """The same bag with ``repeat == 1`` (what a KeyedJaggedTensor holds)."""
+        if self.repeat == 1:
+            return self
+        rows = np.repeat(np.arange(len(self.lengths)), self.repeat)
+        starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        at = range_positions(starts[rows], self.lengths[rows])
+        return Bag(self.values[at], self.lengths[rows], self.weights[at], 1, self.single)
 
 
-def single(indices: np.ndarray) -> Bag:
-    """A single-valued feature (one index per row, weight 1)."""
+def single(indices: np.ndarray, repeat: int = 1) -> Bag:
+    """A single-valued feature (one index per row, weight 1); ``repeat``: see :class:`Bag`."""
     n = len(indices)
-    return Bag(indices.astype(np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.float32))
+    return Bag(
+        indices.astype(np.int64), np.ones(n, dtype=np.int64), np.ones(n, dtype=np.float32), repeat, True
+    )
 
 
 def mean_bag(values: np.ndarray, lengths: np.ndarray) -> Bag:
@@ -110,6 +128,7 @@ def recency_bag(values: np.ndarray, lengths: np.ndarray, decay: float) -> Bag:
 def to_kjt(bags: dict[str, Bag]) -> KeyedJaggedTensor:
     """Assemble named bags (all with the same batch size) into one weighted KeyedJaggedTensor."""
     keys = list(bags)
+    bags = {k: bags[k].expanded() for k in keys}
     return KeyedJaggedTensor.from_lengths_sync(
         keys=keys,
         values=torch.from_numpy(np.concatenate([bags[k].values for k in keys])),
@@ -124,16 +143,20 @@ def pooled_embeddings(ebc: EmbeddingBagCollection, bags: dict[str, Bag]) -> torc
     Inference only (the service calls it per request). The EBC's own tables go through the same
     ``embedding_bag`` op as its forward, so the values are identical; skipped is TorchRec's per-call Python
     (building the KJT, splitting it per key, lengths and offsets caches), which cost more than the lookups
-    themselves on a request's few hundred pairs.
+    themselves on a request's few hundred pairs. Single-valued features are plain row lookups (a sum of
+    one row with weight 1 is that row, bit for bit), and a repeated bag (:class:`Bag`) is looked up once
+    per distinct row: a request's 200 pairs share one user.
     """
     out = []
     for config, table in zip(ebc.embedding_bag_configs(), ebc.embedding_bags.values(), strict=True):
         for name in config.feature_names:
             bag = bags[name]
-            offsets = np.zeros(len(bag.lengths) + 1, dtype=np.int64)
-            np.cumsum(bag.lengths, out=offsets[1:])
-            out.append(
-                F.embedding_bag(
+            if bag.single:
+                pooled = F.embedding(torch.from_numpy(bag.values), table.weight)
+            else:
+                offsets = np.zeros(len(bag.lengths) + 1, dtype=np.int64)
+                np.cumsum(bag.lengths, out=offsets[1:])
+                pooled = F.embedding_bag(
                     torch.from_numpy(bag.values),
                     table.weight,
                     torch.from_numpy(offsets),
@@ -141,7 +164,7 @@ def pooled_embeddings(ebc: EmbeddingBagCollection, bags: dict[str, Bag]) -> torc
                     per_sample_weights=torch.from_numpy(bag.weights) if ebc.is_weighted() else None,
                     include_last_offset=True,
                 )
-            )
+            out.append(pooled.repeat_interleave(bag.repeat, dim=0) if bag.repeat > 1 else pooled)
     return torch.cat(out, dim=1)
 
 

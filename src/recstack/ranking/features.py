@@ -320,10 +320,10 @@ def sparse_bags(
             feature: what the user just did says most about what comes next.
     """
     n = items.shape[1]
-    flat_users = np.repeat(users, n)
-    out = {name: single(arr[flat_users]) for name, arr in tables.users.single.items()}
+    # The user's features and last item are the same for all n of its pairs: one row each, repeated.
+    out = {name: single(arr[users], repeat=n) for name, arr in tables.users.single.items()}
     out.update(tables.items.bags_for(items.ravel()))
-    out[LAST_ITEM_FEATURE] = single(np.repeat(last_item, n))
+    out[LAST_ITEM_FEATURE] = single(last_item, repeat=n)
     return out
 
 

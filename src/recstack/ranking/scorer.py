@@ -149,7 +149,8 @@ class FunnelRanker:
         n = n_candidates or int(card.training.get("n_candidates", 200))
         return cls(retriever=retriever, ranker=model, card=card, n_candidates=n)
 
-    @torch.no_grad()
+    # inference_mode, not no_grad: no autograd bookkeeping at all, ~3 % of a request's model stages
+    @torch.inference_mode()
     def score_pairs(self, dense: np.ndarray, bags: dict) -> np.ndarray:
         """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``."""
         if self.ranker.training:  # eval() walks every submodule: ~0.3 ms, too much per request

@@ -52,7 +52,8 @@ class TwoTowerRetriever:
     def config(self) -> TwoTowerConfig:
         return self.model.config
 
-    @torch.no_grad()
+    # inference_mode, not no_grad: no autograd bookkeeping at all, ~3 % of a request's model stages
+    @torch.inference_mode()
     def query_vectors(self, users: np.ndarray, history: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """``(B, D)`` query embeddings of ``users`` ``(B,)`` with the given histories (oldest first)."""
         bags = query_bags(self.tables.users, users, history, self.config.history_decay)
