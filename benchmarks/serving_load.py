@@ -8,7 +8,9 @@ leaves an ML-100K one). The script starts two real ``bentoml serve`` processes o
 ``benchmarks/floor_service.py`` (a fixed list of 10 ids). At each concurrency it alternates rounds of the
 two with a closed-loop asyncio load generator and reports p50 / p95 / p99 latency, requests/s and errors,
 and the ratios the serving issue sets as the bar (recommend's requests/s over the floor's, p99 over the
-floor's p99). It then times the same funnel in-process (the floor of the funnel itself, no HTTP) with the
+floor's p99), and where each target's CPU went per request: the workers' event-loop threads, their other
+threads (recstack's stage lanes), BentoML's supervisor and the load generator itself, all sharing this
+machine's cores (with recstack's mean retrieval batch). It then times the same funnel in-process (the floor of the funnel itself, no HTTP) with the
 ANN index and with exact whole-catalog scoring (what the index saves), and prints where the in-process
 time goes by stage.
 """
@@ -25,8 +27,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
-from recstack.serving.local import bentoml_serve
+from recstack.serving.local import Served, bentoml_serve
 
 HERE = Path(__file__).resolve().parent
 NO_CACHE = {"cache": {"enabled": False}}
@@ -73,6 +76,49 @@ async def load(base: str, users: list[str], concurrency: int, seconds: float, k:
     }
 
 
+def cpu_seconds(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of a server and of this process (the load generator), split by where they went:
+    the workers' event-loop threads (HTTP, BentoML, and recstack's planning, policy and response), their
+    other threads (recstack's stage lanes: retrieval and ranking), BentoML's supervisor, and the client."""
+    out = {"loop": 0.0, "threads": 0.0, "supervisor": 0.0}
+    root = psutil.Process(server_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            worker = "_bentoml_impl.worker" in " ".join(proc.cmdline())
+            threads = proc.threads()
+        except psutil.NoSuchProcess:
+            continue
+        for t in threads:
+            part = "supervisor" if not worker else "loop" if t.id == proc.pid else "threads"
+            out[part] += t.user_time + t.system_time
+    me = psutil.Process().cpu_times()
+    out["client"] = me.user + me.system
+    return out
+
+
+def profiled(base: Served, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
+    """One round of :func:`load`, with the CPU each part used per request (ms)."""
+    before = cpu_seconds(base.pid)
+    result = asyncio.run(load(base, users, concurrency, seconds, k))
+    after = cpu_seconds(base.pid)
+    n = max(result["requests"], 1)
+    result["cpu_ms"] = {part: (after[part] - before[part]) / n * 1000 for part in after}
+    return result
+
+
+def batch_totals(base: str) -> tuple[float, float]:
+    """(requests, batches) of recstack's retrieval stage so far, all workers (its Prometheus metrics)."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    requests = batches = 0.0
+    for line in text.splitlines():
+        if 'stage="retrieval"' in line:
+            if line.startswith("recstack_batch_size_sum"):
+                requests += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("recstack_batch_size_count"):
+                batches += float(line.rsplit(" ", 1)[1])
+    return requests, batches
+
+
 def merge(runs: list[dict]) -> dict:
     """Rounds of one target pooled: request-weighted rate, worst-round percentiles, summed errors."""
     return {
@@ -82,6 +128,7 @@ def merge(runs: list[dict]) -> dict:
         "p95_ms": float(np.median([r["p95_ms"] for r in runs])),
         "p99_ms": float(np.median([r["p99_ms"] for r in runs])),
         "errors": sum(r["errors"] for r in runs),
+        "cpu_ms": {part: float(np.mean([r["cpu_ms"][part] for r in runs])) for part in runs[0]["cpu_ms"]},
     }
 
 
@@ -106,6 +153,37 @@ def in_process(bundle: Path, users: list[str], k: int, n: int, retrieval: str) -
         s: {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
         for s, v in stages.items()
     }
+
+
+def cache_effect(bundle: Path, users: list[str], k: int, n: int) -> dict[str, float]:
+    """CPU per request (ms, all threads) of the same sequential in-process requests, back to back (the
+    caches stay warm) and with a 32 MB sweep between requests (evicting them, as the HTTP stack, the load
+    generator and the other worker do between a served request's stages): how much of the served cost is
+    the funnel's memory traffic (model weights, item vectors, the HNSW graph, the item timeline)."""
+    import torch
+
+    from recstack.serving.engine import Recommender
+    from recstack.serving.schemas import RecommendRequest
+
+    torch.set_num_threads(1)
+    rec = Recommender.load(bundle, overrides=NO_CACHE)
+    sweep = np.ones(4_000_000)  # 32 MB: larger than this machine's last-level cache share
+    out = {}
+    try:
+        for i in range(50):  # warm-up
+            rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
+        for mode in ("warm", "evicted"):
+            cpu = 0.0
+            for i in range(n):
+                if mode == "evicted":
+                    sweep.sum()
+                start = time.process_time()
+                rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
+                cpu += time.process_time() - start
+            out[mode] = cpu / n * 1000
+    finally:
+        rec.close()
+    return out
 
 
 def main() -> None:
@@ -146,9 +224,10 @@ def main() -> None:
             asyncio.run(load(base, users, 2, 2.0, args.k))
         for c in args.concurrency:
             runs: dict[str, list[dict]] = {"floor": [], "recommend": []}
+            requests_before, batches_before = batch_totals(rec_base)
             for _ in range(args.rounds):
-                runs["floor"].append(asyncio.run(load(floor_base, users, c, args.seconds, args.k)))
-                runs["recommend"].append(asyncio.run(load(rec_base, users, c, args.seconds, args.k)))
+                runs["floor"].append(profiled(floor_base, users, c, args.seconds, args.k))
+                runs["recommend"].append(profiled(rec_base, users, c, args.seconds, args.k))
             floor, rec = merge(runs["floor"]), merge(runs["recommend"])
             results["http"][c] = {
                 "floor": floor,
@@ -156,10 +235,16 @@ def main() -> None:
                 "rps_ratio": rec["rps"] / floor["rps"],
                 "p99_ratio": rec["p99_ms"] / floor["p99_ms"],
             }
+            requests_after, batches_after = batch_totals(rec_base)
+            batches = batches_after - batches_before
+            results["http"][c]["mean_batch"] = (
+                (requests_after - requests_before) / batches if batches else None
+            )
     results["in_process"] = {
         "ann": in_process(bundle, users, args.k, args.in_process, "ann"),
         "exact": in_process(bundle, users, args.k, args.in_process, "exact"),
     }
+    results["cache_effect"] = cache_effect(bundle, users, args.k, args.in_process)
 
     print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for c, r in results["http"].items():
@@ -169,12 +254,32 @@ def main() -> None:
                 f"{c:>4} {name:>9} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p95_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}"
             )
         print(f"{'':>4} {'ratio':>9} {r['rps_ratio']:>8.2f} {'':>8} {'':>8} {r['p99_ratio']:>8.2f}")
+    print("\nCPU per request (ms), where it went:")
+    print(
+        f"{'conc':>4} {'target':>9} {'event loops':>12} {'lanes etc.':>11} {'supervisor':>11} {'client':>7} {'total':>7}"
+    )
+    batch_note = []
+    for c, r in results["http"].items():
+        for name in ("floor", "recommend"):
+            cpu = r[name]["cpu_ms"]
+            print(
+                f"{c:>4} {name:>9} {cpu['loop']:>12.3f} {cpu['threads']:>11.3f} {cpu['supervisor']:>11.3f}"
+                f" {cpu['client']:>7.3f} {sum(cpu.values()):>7.3f}"
+            )
+        if r["mean_batch"] is not None:
+            batch_note.append(f"{r['mean_batch']:.2f} at concurrency {c}")
+    print("recommend's mean retrieval batch (requests): " + ", ".join(batch_note))
     print("\nin-process funnel (sequential, ms):")
     for variant, stages in results["in_process"].items():
         print(
             f"  {variant:>5}: "
             + ", ".join(f"{s} p50 {v['p50_ms']:.2f} / p95 {v['p95_ms']:.2f}" for s, v in stages.items())
         )
+    ce = results["cache_effect"]
+    print(
+        f"\nin-process CPU per request (ms, all threads): warm caches {ce['warm']:.2f}, caches evicted "
+        f"between requests {ce['evicted']:.2f} ({ce['evicted'] / ce['warm']:.2f}x)"
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
