@@ -142,15 +142,15 @@ def _mmr(
     unit = cat.unit_categories(pool)  # (W, C); dense: a 50 x 50 product is cheaper than sparse bookkeeping
     sim = unit @ unit.T
     relevance = np.array([rel[i] for i in pool], dtype=np.float64)
+    weighted, penalty = lam * relevance, 1 - lam  # the parts of each step's gain that do not change
     max_sim = np.zeros(len(pool))
-    free = np.ones(len(pool), dtype=bool)
     chosen: list[int] = []
     for _ in range(min(k, len(pool))):
-        gain = np.where(free, lam * relevance - (1 - lam) * max_sim, -np.inf)
-        best = int(np.argmax(gain))  # first of equal gains: the better-ranked item
+        gain = weighted - penalty * max_sim
+        gain[chosen] = -np.inf
+        best = int(gain.argmax())  # first of equal gains: the better-ranked item
         chosen.append(best)
-        free[best] = False
-        max_sim = np.maximum(max_sim, sim[best])
+        np.maximum(max_sim, sim[best], out=max_sim)
     picked = [pool[j] for j in chosen]
     taken = set(picked)
     return picked + [i for i in order if i not in taken]
@@ -173,23 +173,26 @@ def rerank(
     valid = items > 0
     items, scores = items[valid].astype(np.int64), scores[valid].astype(np.float64)
     filtered = _filter(policy, catalog, request, items)
-    keep = ~np.isin(items, np.fromiter(filtered, dtype=np.int64, count=len(filtered)))
-    items, scores = items[keep], scores[keep]
+    if filtered:
+        keep = ~np.isin(items, np.fromiter(filtered, dtype=np.int64, count=len(filtered)))
+        items, scores = items[keep], scores[keep]
     # Rules multiply a relevance in (0, 1]: scores (logits, similarities) are min-max scaled per list first,
     # so a boost means the same thing whatever the scale of the model's scores.
     span = float(scores.max() - scores.min()) if len(scores) else 0.0
     rel = 0.05 + 0.95 * (scores - scores.min()) / span if span > 0 else np.ones(len(scores))
-    actions: dict[int, list[str]] = {i: [] for i in items.tolist()}
+    actions: dict[int, list[str]] = {}  # item -> what rules did to it (only items they touched)
     for b in policy.boosts:
         hit = catalog.matches(b, items)
         rel[hit] *= b.factor
         for i in items[hit]:
-            actions[int(i)].append(f"{'boost' if b.factor >= 1 else 'bury'} x{b.factor} ({b.attribute})")
+            actions.setdefault(int(i), []).append(
+                f"{'boost' if b.factor >= 1 else 'bury'} x{b.factor} ({b.attribute})"
+            )
     if policy.freshness is not None:
         fresh = catalog.age_days[items] < policy.freshness.max_age_days
         rel[fresh] *= policy.freshness.factor
         for i in items[fresh]:
-            actions[int(i)].append(
+            actions.setdefault(int(i), []).append(
                 f"fresh (< {policy.freshness.max_age_days:g} days) x{policy.freshness.factor}"
             )
     # .tolist() gives Python ints and floats in one C call (a comprehension over numpy scalars is 5x slower).
@@ -208,7 +211,7 @@ def rerank(
             cats = catalog.categories[i].indices.tolist()
             if cats and any(counts.get(c, 0) >= cap for c in cats):
                 overflow.append(i)
-                actions[i].append(f"category cap {cap}: moved down")
+                actions.setdefault(i, []).append(f"category cap {cap}: moved down")
                 continue
             for c in cats:
                 counts[c] = counts.get(c, 0) + 1
@@ -217,7 +220,7 @@ def rerank(
     if d is not None and d.method == "mmr":
         for p, i in enumerate(order[: request.k]):
             if p != before[i]:
-                actions[i].append(f"mmr: {before[i] + 1} -> {p + 1}")
+                actions.setdefault(i, []).append(f"mmr: {before[i] + 1} -> {p + 1}")
     sources = dict.fromkeys(order, source)
     top = order[: request.k]
     e = policy.exploration
