@@ -123,3 +123,17 @@ def test_repeated_bags_expand_to_the_rows_they_stand_for_and_embed_the_same() ->
     # and what the EBC's own forward gives.
     assert torch.equal(pooled_embeddings(ebc, repeated), pooled_embeddings(ebc, written_out))
     assert torch.equal(pooled_embeddings(ebc, repeated), ebc(to_kjt(repeated)).values())
+
+
+def test_latest_items_are_each_historys_last_ones_newest_first_padded_with_zero() -> None:
+    from recstack.ranking.features import latest_items
+
+    rng = np.random.default_rng(0)
+    lengths = np.array([0, 1, 3, 12, 0, 10])
+    values = rng.integers(1, 100, int(lengths.sum()))
+    got = latest_items(values, lengths, 10)
+    ends = np.cumsum(lengths)
+    for b, (end, n) in enumerate(zip(ends, lengths, strict=True)):
+        row = values[end - n : end][::-1][:10]
+        assert got[b].tolist() == [*row.tolist(), *[0] * (10 - len(row))]
+    assert latest_items(np.empty(0, np.int64), np.zeros(2, np.int64), 3).tolist() == [[0, 0, 0]] * 2

@@ -247,6 +247,15 @@ def category_affinity(
     return np.bincount(rows, weights=data * user_cats[pair_user, cols], minlength=b * n).reshape(b, n)
 
 
+def latest_items(values: np.ndarray, lengths: np.ndarray, r: int) -> np.ndarray:
+    """``(B, r)`` the latest ``r`` items of each history ``(values (nnz,), lengths (B,))``, oldest first in
+    the input: column j is the (j + 1)-th latest, padded with the unknown item 0 (a zero-similarity slot)."""
+    back = np.arange(r)
+    has = back < lengths[:, None]  # (B, r): the history is at least j + 1 long
+    at = np.cumsum(lengths)[:, None] - 1 - back  # (B, r): where the (j + 1)-th latest item is
+    return np.where(has, values[np.where(has, at, 0)] if len(values) else 0, 0).astype(np.int64)
+
+
 def dense_features(
     ctx: RankingContext,
     users: np.ndarray,
@@ -280,12 +289,7 @@ def dense_features(
     counts, first, last, seen = stats
     values, lengths = history
     affinity = category_affinity(ctx.item_categories, values, lengths, items)
-    # The latest RECENT_ITEMS of each history, padded with the unknown item 0 (a zero-similarity slot).
-    recent = np.zeros((b, RECENT_ITEMS), dtype=np.int64)
-    ends = np.cumsum(lengths)
-    for j in range(RECENT_ITEMS):
-        has = lengths > j
-        recent[has, j] = values[ends[has] - 1 - j]
+    recent = latest_items(values, lengths, RECENT_ITEMS)
     cand = ctx.item_vectors[items]  # (B, N, D)
     hist = ctx.item_vectors[recent]  # (B, R, D)
     sims = np.einsum("bnd,brd->bnr", cand, hist)
