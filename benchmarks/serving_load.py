@@ -10,9 +10,10 @@ two with a closed-loop asyncio load generator and reports p50 / p95 / p99 latenc
 and the ratios the serving issue sets as the bar (recommend's requests/s over the floor's, p99 over the
 floor's p99), and where each target's CPU went per request: the workers' event-loop threads, their other
 threads (recstack's stage lanes), BentoML's supervisor and the load generator itself, all sharing this
-machine's cores (with recstack's mean retrieval batch). It then times the same funnel in-process (the floor of the funnel itself, no HTTP) with the
-ANN index and with exact whole-catalog scoring (what the index saves), and prints where the in-process
-time goes by stage.
+machine's cores (with recstack's mean retrieval batch). It then times the same funnel in-process (the
+floor of the funnel itself, no HTTP) with the ANN index and with exact whole-catalog scoring (what the
+index saves), prints where the in-process time goes by stage, and its CPU per request with warm caches
+and with caches evicted between requests (what serving amid other work costs the funnel).
 """
 
 from __future__ import annotations
