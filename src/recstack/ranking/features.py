@@ -249,11 +249,12 @@ def category_affinity(
 
 def latest_items(values: np.ndarray, lengths: np.ndarray, r: int) -> np.ndarray:
     """``(B, r)`` the latest ``r`` items of each history ``(values (nnz,), lengths (B,))``, oldest first in
-    the input: column j is the (j + 1)-th latest, padded with the unknown item 0 (a zero-similarity slot)."""
+    the input: column j is the (j + 1)-th latest, padded with the unknown item 0 (a zero-similarity slot);
+    ``values``' dtype."""
     back = np.arange(r)
     has = back < lengths[:, None]  # (B, r): the history is at least j + 1 long
     at = np.cumsum(lengths)[:, None] - 1 - back  # (B, r): where the (j + 1)-th latest item is
-    return np.where(has, values[np.where(has, at, 0)] if len(values) else 0, 0).astype(np.int64)
+    return np.where(has, values[np.where(has, at, 0)] if len(values) else 0, 0)
 
 
 def dense_features(

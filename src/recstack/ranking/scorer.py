@@ -15,7 +15,13 @@ import torch
 
 from recstack.models.artifact import ModelCard, load_card, load_weights
 from recstack.models.ranker import Ranker, RankerConfig
-from recstack.ranking.features import ItemActivity, RankingContext, dense_features, sparse_bags
+from recstack.ranking.features import (
+    ItemActivity,
+    RankingContext,
+    dense_features,
+    latest_items,
+    sparse_bags,
+)
 from recstack.retrieval.two_tower import TwoTowerRetriever
 
 
@@ -73,8 +79,7 @@ def request_times(ctx: RankingContext, users: np.ndarray) -> np.ndarray:
 
 def last_items(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``(B,)`` the last item of each history (0 when empty)."""
-    ends = np.cumsum(lengths)
-    return np.where(lengths > 0, values[np.maximum(ends - 1, 0)] if len(values) else 0, 0)
+    return latest_items(values, lengths, 1)[:, 0]
 
 
 def pair_inputs(
