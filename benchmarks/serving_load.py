@@ -133,8 +133,14 @@ def merge(runs: list[dict]) -> dict:
     }
 
 
-def in_process(bundle: Path, users: list[str], k: int, n: int, retrieval: str) -> dict:
-    """Sequential in-process requests: total and per-stage percentiles (ms)."""
+def in_process(
+    bundle: Path, users: list[str], k: int, n: int, retrieval: str, evicted: bool = False
+) -> tuple[dict, dict[str, float]]:
+    """Sequential in-process requests: total and per-stage percentiles (ms), and CPU per request (ms, all
+    threads) with the caches warm; ``evicted``: also with a 32 MB sweep between requests, which evicts the
+    caches as the HTTP stack, the load generator and the other worker do between a served request's
+    stages (how much of the served cost is the funnel's memory traffic: model weights, item vectors, the
+    HNSW graph, the item timeline)."""
     import torch
 
     from recstack.serving.engine import Recommender
@@ -142,49 +148,31 @@ def in_process(bundle: Path, users: list[str], k: int, n: int, retrieval: str) -
 
     torch.set_num_threads(1)
     rec = Recommender.load(bundle, overrides={**NO_CACHE, "retrieval": retrieval})
-    stages: dict[str, list[float]] = {}
-    try:
-        for i in range(n):
-            resp = rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
-            for s, v in resp.timings_ms.items():
-                stages.setdefault(s, []).append(v)
-    finally:
-        rec.close()
-    return {
-        s: {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
-        for s, v in stages.items()
-    }
-
-
-def cache_effect(bundle: Path, users: list[str], k: int, n: int) -> dict[str, float]:
-    """CPU per request (ms, all threads) of the same sequential in-process requests, back to back (the
-    caches stay warm) and with a 32 MB sweep between requests (evicting them, as the HTTP stack, the load
-    generator and the other worker do between a served request's stages): how much of the served cost is
-    the funnel's memory traffic (model weights, item vectors, the HNSW graph, the item timeline)."""
-    import torch
-
-    from recstack.serving.engine import Recommender
-    from recstack.serving.schemas import RecommendRequest
-
-    torch.set_num_threads(1)
-    rec = Recommender.load(bundle, overrides=NO_CACHE)
     sweep = np.ones(4_000_000)  # 32 MB: larger than this machine's last-level cache share
-    out = {}
+    stages: dict[str, list[float]] = {}
+    cpu: dict[str, float] = {}
     try:
-        for i in range(50):  # warm-up
+        for i in range(min(n, 50)):  # warm-up: lazy initialisations are not a request's cost
             rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
-        for mode in ("warm", "evicted"):
-            cpu = 0.0
+        for mode in ("warm", "evicted") if evicted else ("warm",):
+            spent = 0.0
             for i in range(n):
                 if mode == "evicted":
                     sweep.sum()
                 start = time.process_time()
-                rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
-                cpu += time.process_time() - start
-            out[mode] = cpu / n * 1000
+                resp = rec.recommend(RecommendRequest(user_id=users[i % len(users)], k=k))
+                spent += time.process_time() - start
+                if mode == "warm":
+                    for s, v in resp.timings_ms.items():
+                        stages.setdefault(s, []).append(v)
+            cpu[mode] = spent / n * 1000
     finally:
         rec.close()
-    return out
+    percentiles = {
+        s: {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
+        for s, v in stages.items()
+    }
+    return percentiles, cpu
 
 
 def main() -> None:
@@ -241,11 +229,11 @@ def main() -> None:
             results["http"][c]["mean_batch"] = (
                 (requests_after - requests_before) / batches if batches else None
             )
+    ann, results["cache_effect"] = in_process(bundle, users, args.k, args.in_process, "ann", evicted=True)
     results["in_process"] = {
-        "ann": in_process(bundle, users, args.k, args.in_process, "ann"),
-        "exact": in_process(bundle, users, args.k, args.in_process, "exact"),
+        "ann": ann,
+        "exact": in_process(bundle, users, args.k, args.in_process, "exact")[0],
     }
-    results["cache_effect"] = cache_effect(bundle, users, args.k, args.in_process)
 
     print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     for c, r in results["http"].items():
