@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import bentoml
 
-from recstack.serving.workers import service_settings, spread_connections
+from recstack.serving.workers import configure_worker, service_settings
 
-spread_connections()
+configure_worker()
 ITEMS = [str(i) for i in range(1, 11)]
 
 

@@ -14,6 +14,11 @@ machine's cores (with recstack's mean retrieval batch). It then times the same f
 floor of the funnel itself, no HTTP) with the ANN index and with exact whole-catalog scoring (what the
 index saves), prints where the in-process time goes by stage, and its CPU per request with warm caches
 and with caches evicted between requests (what serving amid other work costs the funnel).
+
+recstack's workers run with their default CPU affinity (each bound to a core of its own, ``--affinity``);
+the floor's with BentoML's default (placed by the OS, ``--floor-affinity``), which is the faster floor on
+this machine: bound the same way it served 10-20 % fewer requests/s, so comparing against it would
+flatter recstack.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import psutil
 
 from recstack.serving.local import Served, bentoml_serve
+from recstack.serving.workers import AFFINITY_ENV, AFFINITY_MODES
 
 HERE = Path(__file__).resolve().parent
 NO_CACHE = {"cache": {"enabled": False}}
@@ -95,6 +101,16 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
     me = psutil.Process().cpu_times()
     out["client"] = me.user + me.system
     return out
+
+
+def worker_cores(server_pid: int) -> list[list[int]]:
+    """The cores each worker process of a server may run on (what ``RECSTACK_CPU_AFFINITY`` did)."""
+    root = psutil.Process(server_pid)
+    return [
+        sorted(p.cpu_affinity())
+        for p in root.children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
 
 
 def profiled(base: Served, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
@@ -184,6 +200,18 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--in-process", type=int, default=500, help="sequential in-process requests per variant")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument(
+        "--affinity",
+        choices=AFFINITY_MODES,
+        default="worker",
+        help="recstack's workers: each bound to a core of its own (its default), or placed by the OS",
+    )
+    ap.add_argument(
+        "--floor-affinity",
+        choices=AFFINITY_MODES,
+        default="none",
+        help="the floor's workers (default: placed by the OS, BentoML's default and the faster floor here)",
+    )
     args = ap.parse_args()
 
     project = Path(args.project).resolve()
@@ -203,14 +231,31 @@ def main() -> None:
         "RECSTACK_LOG_DIR": str(logs / "recstack-logs"),
         "RECSTACK_SERVING_OVERRIDES": json.dumps(NO_CACHE),
     }
-    print(f"catalog: {n_items} items, {len(users)} users; bento {package['bento_tag']}; logs {logs}")
-    results: dict = {"catalog_items": n_items, "users": len(users), "http": {}}
+    print(
+        f"catalog: {n_items} items, {len(users)} users; bento {package['bento_tag']}; logs {logs}; "
+        f"CPU affinity: recstack {args.affinity}, floor {args.floor_affinity}"
+    )
+    results: dict = {
+        "catalog_items": n_items,
+        "users": len(users),
+        "affinity": {"recstack": args.affinity, "floor": args.floor_affinity},
+        "http": {},
+    }
     with (
-        bentoml_serve(package["bento_tag"], project, env, logs / "recstack.out") as rec_base,
-        bentoml_serve("floor_service:Floor", HERE, env, logs / "floor.out") as floor_base,
+        bentoml_serve(
+            package["bento_tag"], project, {**env, AFFINITY_ENV: args.affinity}, logs / "recstack.out"
+        ) as rec_base,
+        bentoml_serve(
+            "floor_service:Floor", HERE, {**env, AFFINITY_ENV: args.floor_affinity}, logs / "floor.out"
+        ) as floor_base,
     ):
         for base in (rec_base, floor_base):  # warm-up
             asyncio.run(load(base, users, 2, 2.0, args.k))
+        results["worker_cores"] = {
+            "recstack": worker_cores(rec_base.pid),
+            "floor": worker_cores(floor_base.pid),
+        }
+        print(f"workers' cores: {results['worker_cores']}")
         for c in args.concurrency:
             runs: dict[str, list[dict]] = {"floor": [], "recommend": []}
             requests_before, batches_before = batch_totals(rec_base)

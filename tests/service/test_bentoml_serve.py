@@ -64,3 +64,24 @@ def test_real_server_answers_and_exports_metrics(server) -> None:
         assert name in metrics, name
     assert 'reason="cold_start_user"' in metrics and 'stage="ranking"' in metrics
     assert (logs / "feedback.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores"
+)
+def test_real_workers_are_each_bound_to_a_core_of_their_own(server) -> None:
+    """The default ``RECSTACK_CPU_AFFINITY=worker``: one worker per core, every thread of it on that core
+    (the stage lanes' threads included, which start after the binding)."""
+    psutil = pytest.importorskip("psutil")
+    base, _ = server
+    workers = [
+        p
+        for p in psutil.Process(base.pid).children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
+    cores = []
+    for w in workers:
+        per_thread = {tuple(os.sched_getaffinity(t.id)) for t in w.threads()}
+        assert len(per_thread) == 1 and len(next(iter(per_thread))) == 1, per_thread
+        cores.append(next(iter(per_thread))[0])
+    assert len(workers) == len(os.sched_getaffinity(0)) and sorted(cores) == sorted(os.sched_getaffinity(0))

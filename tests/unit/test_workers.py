@@ -1,0 +1,81 @@
+"""Worker process settings: each service worker bound to a core of its own (``RECSTACK_CPU_AFFINITY``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from recstack.serving.workers import AFFINITY_ENV, pin_worker
+
+# A served worker, imitated in a fresh interpreter: BentoML sets the worker's index before it imports the
+# service module, which binds the worker there; a thread started before and one started after must both
+# end up on the worker's core.
+CHILD = """
+import json, os, threading
+from bentoml._internal.context import server_context
+from recstack.serving.workers import configure_worker
+server_context.worker_index = {index}
+before = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+before.start()
+core = configure_worker()
+after = {{}}
+t = threading.Thread(target=lambda: after.update(cores=sorted(os.sched_getaffinity(0))))
+t.start(); t.join()
+print(json.dumps({{"core": core, "main": sorted(os.sched_getaffinity(0)),
+                  "before": sorted(os.sched_getaffinity(before.native_id)), "after": after["cores"]}}))
+"""
+
+
+def _worker(index: int, **env: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD.format(index=index)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+needs_cores = pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores"
+)
+
+
+@needs_cores
+def test_each_worker_and_all_its_threads_are_bound_to_a_core_of_its_own() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    first, second = _worker(1), _worker(2)
+    assert first["core"] == cores[0] and second["core"] == cores[1]
+    for w in (first, second):
+        assert w["main"] == w["before"] == w["after"] == [w["core"]]
+
+
+@needs_cores
+@pytest.mark.parametrize("env", [{AFFINITY_ENV: "none"}, {"RECSTACK_WORKERS": "99"}])
+def test_affinity_none_and_more_workers_than_cores_leave_placement_to_the_os(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bentoml._internal.context import server_context
+
+    everything = sorted(os.sched_getaffinity(0))
+    monkeypatch.setattr(server_context, "worker_index", 1)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert pin_worker() is None
+    assert sorted(os.sched_getaffinity(0)) == everything
+
+
+def test_outside_a_served_worker_nothing_is_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(AFFINITY_ENV, raising=False)
+    assert pin_worker() is None  # tests, scripts, the batch stage: no worker index
+
+
+def test_an_unknown_affinity_setting_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(AFFINITY_ENV, "cores")
+    with pytest.raises(ValueError, match="RECSTACK_CPU_AFFINITY='cores'.*worker, none"):
+        pin_worker()
