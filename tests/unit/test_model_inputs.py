@@ -93,6 +93,32 @@ def test_item_timeline_counts_only_the_past() -> None:
     assert seen.tolist() == [True, False] and first[0] == last[0] == day0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_item_timeline_range_search_equals_the_whole_array_search(seed: int) -> None:
+    """The compiled per-item search (timelines with a start table) gives the very integers and times of
+    the whole-key-array search: tied times, items with no events, items past the table, as_of before,
+    between and after every event, any broadcast shape."""
+    rng = np.random.default_rng(seed)
+    n_events = [0, 1, 50, 3000][seed]
+    items = rng.integers(1, 40, max(n_events, 1))[:n_events]
+    times = (rng.integers(0, 60, n_events) * DAY_US // 2).astype(np.int64)
+    if n_events == 0:
+        items, times = np.array([3]), np.array([DAY_US])  # an empty timeline has nothing to search
+    tl = ItemTimeline.from_events(items, times, lookup=True)
+    queries = rng.integers(0, 60, (7, 25))  # items 0 (unknown), 1-39, and 40-59 past the table
+    as_of = (rng.integers(-2, 64, (7, 1)) * DAY_US // 2).astype(np.int64)
+    for q_items, q_t in [(queries, as_of), (queries[0], as_of[:, 0][:1]), (queries[:, :0], as_of)]:
+        got = tl._stats_in_ranges(q_items, q_t, (1, 7, 30))
+        want = tl._stats_by_search(q_items, q_t, (1, 7, 30))
+        for g, w, name in zip(got, want, ("counts", "first", "last", "seen"), strict=True):
+            assert g.dtype == w.dtype and g.shape == w.shape, name
+            np.testing.assert_array_equal(g, w, err_msg=name)
+    # stats() takes the compiled path for integer times, the search for other timelines.
+    np.testing.assert_array_equal(
+        tl.stats(queries, as_of, (7,))[0], tl._stats_by_search(queries, as_of, (7,))[0]
+    )
+
+
 def test_repeated_bags_expand_to_the_rows_they_stand_for_and_embed_the_same() -> None:
     from dataclasses import replace
 

@@ -27,6 +27,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recstack.models.inputs import Bag, FeatureTables, Sequences, range_positions, single
+from recstack.ranking.kernels import timeline_stats
 
 DAY_US = 86_400_000_000
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
@@ -125,6 +126,39 @@ class ItemTimeline:
         self, items: np.ndarray, as_of: np.ndarray, windows_days: tuple[int, ...]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`counts` and :meth:`first_last` in one pass (the searches they share done once)."""
+        as_int = np.issubdtype(np.asarray(as_of).dtype, np.integer)
+        if self.starts is not None and self.cum is None and len(self.times) and as_int:
+            return self._stats_in_ranges(items, as_of, windows_days)
+        return self._stats_by_search(items, as_of, windows_days)
+
+    def _stats_in_ranges(
+        self, items: np.ndarray, as_of: np.ndarray, windows_days: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`stats` of a timeline with its start table: each item's events are searched within its
+        own range of the table (``timeline_stats``, compiled) instead of the whole key array.
+
+        The same integers as :meth:`_stats_by_search`: within an item's range the times are sorted, so the
+        events at or before ``t`` are a prefix of it. Served, it matters for large catalogs: the whole-array
+        searches walk a 12 MB key array (1M items) with a cache miss per step, an item's own range is a
+        few events.
+        """
+        shape = np.broadcast_shapes(np.shape(items), np.shape(as_of))
+        flat_items = np.ascontiguousarray(np.broadcast_to(items, shape), dtype=np.int64).ravel()
+        flat_t = np.ascontiguousarray(np.broadcast_to(as_of, shape), dtype=np.int64).ravel()
+        windows_us = np.array([w * DAY_US for w in windows_days], dtype=np.int64)
+        starts, times = (np.ascontiguousarray(a, dtype=np.int64) for a in (self.starts, self.times))
+        counts, first, last, seen = timeline_stats(starts, times, flat_items, flat_t, windows_us)
+        return (
+            counts.reshape(*shape, len(windows_days) + 1),
+            first.reshape(shape),
+            last.reshape(shape),
+            seen.reshape(shape),
+        )
+
+    def _stats_by_search(
+        self, items: np.ndarray, as_of: np.ndarray, windows_days: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`stats` by searching the whole key array (any timeline: weighted, without start table)."""
         start = self._start(items)
         end = self._position(items, as_of)
         mass = (lambda p: p) if self.cum is None else self.cum.__getitem__  # events up to a position

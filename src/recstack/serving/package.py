@@ -29,6 +29,7 @@ SERVING_ROOTS = (
     "fbgemm-gpu-cpu",
     "torchrec",
     "faiss-cpu",
+    "numba",  # the ranking kernels
     "numpy",
     "scipy",
     "polars",

@@ -1,0 +1,70 @@
+"""Compiled (numba) loops of the per-request ranking work, where numpy would make many small passes.
+
+Each kernel computes exactly what the numpy code it replaces computed (integers, or the same float
+operations in the same order), so features, offline evaluation and the service do not move.
+
+Kernels have explicit signatures, so they compile when this module is imported, not on a service's first
+request (where a second of compiling would blow the ranking budget); ``cache=True`` keeps the machine
+code in ``__pycache__`` so later imports load it instead. ``nogil`` lets the service's event loop run
+while a lane thread is in a kernel. Callers pass C-contiguous arrays of the signature's types.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, types
+
+I64 = types.Array(types.int64, 1, "C")
+# Inputs are typed read-only, so the views numpy hands out read-only (broadcasts, memory maps) pass as
+# they are; writable arrays pass too.
+IN_I64 = types.Array(types.int64, 1, "C", readonly=True)
+
+
+@njit(types.int64(IN_I64, types.int64, types.int64, types.int64), cache=True, nogil=True)
+def _at_or_before(times: np.ndarray, lo: int, hi: int, t: int) -> int:
+    """Index one past the last of ``times[lo:hi]`` (sorted) that is <= ``t``: ``searchsorted(side="right")``."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if times[mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(
+    types.Tuple((types.Array(types.int64, 2, "C"), I64, I64, types.Array(types.boolean, 1, "C")))(
+        IN_I64, IN_I64, IN_I64, IN_I64, IN_I64
+    ),
+    cache=True,
+    nogil=True,
+)
+def timeline_stats(
+    starts: np.ndarray, times: np.ndarray, items: np.ndarray, as_of: np.ndarray, windows_us: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Point-in-time activity of ``items`` ``(M,)`` at ``as_of`` ``(M,)`` (us), from a timeline whose item
+    ``i`` has its events at ``times[starts[i]:starts[i + 1]]``, sorted by time.
+
+    Returns ``counts (M, W + 1)`` int64 (events in each trailing window ``(t - w, t]`` of ``windows_us``
+    ``(W,)``, then at or before ``t``), and the first and latest event time at or before ``t`` ``(M,)``
+    with ``seen`` ``(M,)`` (whether there is one; where not, the times are placeholders, as in the numpy
+    code). Items past the table have no events.
+    """
+    m, w = len(items), len(windows_us)
+    n_last, n = len(starts) - 1, len(times)
+    counts = np.empty((m, w + 1), dtype=np.int64)
+    first = np.empty(m, dtype=times.dtype)
+    last = np.empty(m, dtype=times.dtype)
+    seen = np.empty(m, dtype=np.bool_)
+    for j in range(m):
+        item = min(max(items[j], 0), n_last)
+        lo, hi = starts[item], starts[min(item + 1, n_last)]
+        t = as_of[j]
+        end = _at_or_before(times, lo, hi, t)
+        for k in range(w):
+            counts[j, k] = end - _at_or_before(times, lo, end, t - windows_us[k])
+        counts[j, w] = end - lo
+        seen[j] = end > lo
+        first[j] = times[min(lo, n - 1)]
+        last[j] = times[max(end - 1, 0)]
+    return counts, first, last, seen
