@@ -76,3 +76,30 @@ def test_search_skips_excluded_items_inside_the_index(kind: str) -> None:
     truth = np.argsort(-scores, axis=1)[:, :50]
     recall = np.mean([len(np.intersect1d(a, t)) / 50 for a, t in zip(ids, truth, strict=True)])
     assert recall >= {"flat": 1.0, "ivf_pq": 0.5}.get(kind, 0.9)  # PQ: compressed vectors
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat"])
+def test_the_exclusion_bitmap_returns_what_faiss_own_id_batch_returns(kind: str) -> None:
+    """Excluded ids scattered, several in one byte of the bitmap, unsorted and repeated; ids past the
+    largest excluded one stay eligible: the same results as FAISS's hash-set selector."""
+    import faiss
+
+    from recstack.retrieval.index import _excluding, _search_params
+
+    v = _vectors()
+    index = make_index(v, "cosine", IndexConfig(kind=kind, nlist=16, nprobe=16))
+    q = v[[5, 9, 300]] + 0.01
+    rng = np.random.default_rng(0)
+    exclude = np.concatenate([rng.choice(np.arange(1, 300), 150, replace=False), [8, 9, 10, 11, 12, 8]])
+    ids, scores = search(index, q, 60, exclude=exclude)
+    params = _search_params(index, 60, None) or faiss.SearchParameters()
+    params.sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude))
+    want_scores, want_ids = index.search(np.ascontiguousarray(q, dtype=np.float32), 60, params=params)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert not np.isin(ids, exclude).any() and (ids > 300).any()
+    assert [_excluding(np.array([i])).is_member(j) for i, j in [(3, 3), (3, 4), (3, 900)]] == [
+        False,
+        True,
+        True,
+    ]

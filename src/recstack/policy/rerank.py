@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from recstack.kernels import mmr_picks
 from recstack.models.inputs import gather_ranges
 from recstack.policy.schema import AttributeMatch, Policy
 
@@ -135,22 +136,18 @@ def _mmr(
 ) -> list[int]:
     """Maximal marginal relevance over the first ``window`` items; similarity = category cosine.
 
-    Each step picks ``argmax lam * rel - (1 - lam) * max_sim_to_chosen``; the running max similarity is
-    updated incrementally, so a step costs O(window).
+    Each step picks ``argmax lam * rel - (1 - lam) * max_sim_to_chosen`` (the first of equal gains: the
+    better-ranked item); the running max similarity is updated incrementally, so a step costs O(window).
+    The steps run compiled (:func:`~recstack.kernels.mmr_picks`): as numpy calls they were ten
+    small passes per step, half of MMR's time per request.
     """
     pool = order[:window]
     unit = cat.unit_categories(pool)  # (W, C); dense: a 50 x 50 product is cheaper than sparse bookkeeping
     sim = unit @ unit.T
     relevance = np.array([rel[i] for i in pool], dtype=np.float64)
-    weighted, penalty = lam * relevance, 1 - lam  # the parts of each step's gain that do not change
-    max_sim = np.zeros(len(pool))
-    chosen: list[int] = []
-    for _ in range(min(k, len(pool))):
-        gain = weighted - penalty * max_sim
-        gain[chosen] = -np.inf
-        best = int(gain.argmax())  # first of equal gains: the better-ranked item
-        chosen.append(best)
-        np.maximum(max_sim, sim[best], out=max_sim)
+    # The parts of each step's gain that do not change.
+    weighted, penalty = lam * relevance, 1 - lam
+    chosen = mmr_picks(weighted, float(penalty), np.ascontiguousarray(sim, dtype=np.float64), k).tolist()
     picked = [pool[j] for j in chosen]
     taken = set(picked)
     return picked + [i for i in order if i not in taken]

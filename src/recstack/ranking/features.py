@@ -26,8 +26,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recstack.kernels import timeline_stats
 from recstack.models.inputs import Bag, FeatureTables, Sequences, range_positions, single
-from recstack.ranking.kernels import timeline_stats
 
 DAY_US = 86_400_000_000
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)

@@ -1,4 +1,5 @@
-"""Compiled (numba) loops of the per-request ranking work, where numpy would make many small passes.
+"""Compiled (numba) loops of per-request work (ranking features, the policy's MMR), where numpy would make
+many small passes.
 
 Each kernel computes exactly what the numpy code it replaces computed (integers, or the same float
 operations in the same order), so features, offline evaluation and the service do not move.
@@ -68,3 +69,41 @@ def timeline_stats(
         first[j] = times[min(lo, n - 1)]
         last[j] = times[max(end - 1, 0)]
     return counts, first, last, seen
+
+
+IN_F64 = types.Array(types.float64, 1, "C", readonly=True)
+IN_F64_2D = types.Array(types.float64, 2, "C", readonly=True)
+
+
+@njit(types.Array(types.int64, 1, "C")(IN_F64, types.float64, IN_F64_2D, types.int64), cache=True, nogil=True)
+def mmr_picks(weighted: np.ndarray, penalty: float, sim: np.ndarray, k: int) -> np.ndarray:
+    """Maximal marginal relevance: ``min(k, W)`` positions of a pool of ``W`` items in the order picked.
+
+    Each step picks ``argmax weighted - penalty * max_sim_to_picked`` among the items not yet picked
+    (the first of equal gains, and the first NaN if any, as ``numpy.argmax``), then raises each item's
+    ``max_sim`` to its similarity with the pick (``numpy.maximum``).
+
+    Args:
+        weighted: ``(W,)`` ``lambda * relevance``; penalty: ``1 - lambda``; sim: ``(W, W)`` similarities.
+    """
+    w = len(weighted)
+    steps = min(k, w)
+    picked = np.zeros(w, dtype=np.bool_)
+    max_sim = np.zeros(w)
+    out = np.empty(steps, dtype=np.int64)
+    for s in range(steps):
+        best, best_gain = 0, 0.0
+        for j in range(w):
+            gain = -np.inf if picked[j] else weighted[j] - penalty * max_sim[j]
+            if np.isnan(gain):
+                best = j
+                break
+            if j == 0 or gain > best_gain:
+                best, best_gain = j, gain
+        out[s] = best
+        picked[best] = True
+        for j in range(w):
+            m = sim[best, j]
+            if m > max_sim[j] or np.isnan(m):
+                max_sim[j] = m
+    return out
