@@ -15,7 +15,8 @@ floor of the funnel itself, no HTTP) with the ANN index and with exact whole-cat
 index saves), prints where the in-process time goes by stage, and its CPU per request with warm caches
 and with caches evicted between requests (what serving amid other work costs the funnel).
 
-recstack's workers run with their default CPU affinity (each bound to a core of its own, ``--affinity``);
+recstack's workers run with their default CPU affinity (each bound to a core of its own, one worker per
+core here; ``--affinity``);
 the floor's with BentoML's default (placed by the OS, ``--floor-affinity``), which is the faster floor on
 this machine: bound the same way it served 10-20 % fewer requests/s, so comparing against it would
 flatter recstack.
@@ -203,8 +204,8 @@ def main() -> None:
     ap.add_argument(
         "--affinity",
         choices=AFFINITY_MODES,
-        default="worker",
-        help="recstack's workers: each bound to a core of its own (its default), or placed by the OS",
+        default="auto",
+        help="recstack's workers (its default auto: each bound to a core of its own when one per core)",
     )
     ap.add_argument(
         "--floor-affinity",

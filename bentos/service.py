@@ -17,8 +17,8 @@ error inside recommend is served from the popular list and counted as the ``inte
 Environment: ``RECSTACK_MODEL`` (model tag, default ``recstack-funnel:latest``), ``RECSTACK_LOG_DIR``
 (feedback and response logs, default ``./recstack-logs``), ``RECSTACK_TORCH_THREADS`` (default 1: requests
 run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes, default one per core;
-each has its own result cache and shares the logs), ``RECSTACK_CPU_AFFINITY`` (``worker``, the default:
-each worker bound to a core of its own; ``none``), ``RECSTACK_THREADS`` (requests one worker handles at
+each has its own result cache and shares the logs), ``RECSTACK_CPU_AFFINITY`` (``auto``, the default:
+each worker bound to a core of its own when one per core; ``worker``; ``none``), ``RECSTACK_THREADS`` (requests one worker handles at
 once, default 8), ``RECSTACK_SERVING_OVERRIDES``
 (JSON merged over the packaged serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for
 load tests), ``RECSTACK_REDIS_URL`` (the online state's Redis when ``online.backend`` is ``redis``),

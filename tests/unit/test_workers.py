@@ -46,8 +46,17 @@ needs_cores = pytest.mark.skipif(
 )
 
 
+def _owns_its_cores() -> bool:
+    """Whether BentoML's default worker count (one per CPU of the quota) equals the cores we may use."""
+    from bentoml._internal.resource import CpuResource
+
+    return int(CpuResource.from_system()) == len(os.sched_getaffinity(0))
+
+
 @needs_cores
 def test_each_worker_and_all_its_threads_are_bound_to_a_core_of_its_own() -> None:
+    if not _owns_its_cores():
+        pytest.skip("a CPU quota below the cores: the default (auto) leaves placement to the OS")
     cores = sorted(os.sched_getaffinity(0))
     first, second = _worker(1), _worker(2)
     assert first["core"] == cores[0] and second["core"] == cores[1]
@@ -56,8 +65,15 @@ def test_each_worker_and_all_its_threads_are_bound_to_a_core_of_its_own() -> Non
 
 
 @needs_cores
-@pytest.mark.parametrize("env", [{AFFINITY_ENV: "none"}, {"RECSTACK_WORKERS": "99"}])
-def test_affinity_none_and_more_workers_than_cores_leave_placement_to_the_os(
+@pytest.mark.parametrize(
+    "env",
+    [
+        {AFFINITY_ENV: "none"},
+        {"RECSTACK_WORKERS": "99"},  # more workers than cores
+        {"RECSTACK_WORKERS": "1"},  # auto: fewer workers than cores (e.g. a CPU quota on a shared host)
+    ],
+)
+def test_placement_is_left_to_the_os_unless_each_worker_owns_a_core(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bentoml._internal.context import server_context
@@ -70,6 +86,13 @@ def test_affinity_none_and_more_workers_than_cores_leave_placement_to_the_os(
     assert sorted(os.sched_getaffinity(0)) == everything
 
 
+@needs_cores
+def test_affinity_worker_binds_fewer_workers_than_cores_too() -> None:
+    cores = sorted(os.sched_getaffinity(0))
+    one = _worker(1, **{AFFINITY_ENV: "worker", "RECSTACK_WORKERS": "1"})
+    assert one["core"] == cores[0] and one["main"] == one["before"] == one["after"] == [cores[0]]
+
+
 def test_outside_a_served_worker_nothing_is_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(AFFINITY_ENV, raising=False)
     assert pin_worker() is None  # tests, scripts, the batch stage: no worker index
@@ -77,5 +100,5 @@ def test_outside_a_served_worker_nothing_is_bound(monkeypatch: pytest.MonkeyPatc
 
 def test_an_unknown_affinity_setting_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(AFFINITY_ENV, "cores")
-    with pytest.raises(ValueError, match="RECSTACK_CPU_AFFINITY='cores'.*worker, none"):
+    with pytest.raises(ValueError, match="RECSTACK_CPU_AFFINITY='cores'.*auto, worker, none"):
         pin_worker()

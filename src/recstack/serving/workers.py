@@ -3,8 +3,9 @@
 Both read the same environment, so a benchmark compares the two under identical worker settings:
 ``RECSTACK_WORKERS`` (worker processes, default one per core), ``RECSTACK_THREADS`` (threads of one
 worker for blocking endpoints, default 8; ``/recommend`` is a coroutine and needs none) and
-``RECSTACK_CPU_AFFINITY`` (``worker``, the default: each worker bound to a core of its own when there are
-enough; ``none``: the OS places every thread).
+``RECSTACK_CPU_AFFINITY`` (``auto``, the default: each worker bound to a core of its own when the workers
+are exactly as many as the cores the process may use; ``worker``: whenever there are enough cores;
+``none``: the OS places every thread).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 AFFINITY_ENV = "RECSTACK_CPU_AFFINITY"
-AFFINITY_MODES = ("worker", "none")
+AFFINITY_MODES = ("auto", "worker", "none")
 
 
 def spread_connections() -> None:
@@ -51,17 +52,24 @@ def configure_worker() -> int | None:
 def pin_worker() -> int | None:
     """Bind this worker process (every thread it has, and every thread it starts later) to one core: the
     i-th worker to the i-th core it may use (``os.sched_getaffinity``, so a cpuset or ``taskset`` is
-    respected), when ``RECSTACK_CPU_AFFINITY`` is ``worker`` (the default) and there are at least as many
-    such cores as workers. Returns the core, or None when the worker is left to the OS.
+    respected). Returns the core, or None when the worker is left to the OS.
+
+    ``RECSTACK_CPU_AFFINITY``:
+    - ``auto`` (default): bind when the workers are exactly as many as those cores (the default one
+      worker per core on a machine or cpuset of its own). Not when the process may run on more cores
+      than it has workers, e.g. a container limited by a CPU quota on a shared host: every replica
+      there would bind to the same first cores.
+    - ``worker``: bind whenever there are at least as many cores as workers.
+    - ``none``: never.
 
     Why: a request crosses threads twice (the event loop hands the model stages to a lane thread and takes
     the results back). Unbound, those threads drift apart across cores, and each hand-off wakes a thread
     on the other core, whose caches hold none of the request's data. Bound together they hand off on one
-    core: served CPU per request fell from ~4.2 to ~3.5 ms on ML-100K here (``benchmarks/serving_load.py``
-    with ``RECSTACK_CPU_AFFINITY=none`` and without). This is the usual recipe for CPU inference with one
-    process per core (PyTorch's ``torch.backends.xeon.run_cpu`` binds instances to cores the same way).
+    core: on ML-100K, concurrency 8, about 12 % more requests/s here (``benchmarks/serving_load.py`` with
+    ``--affinity none`` and without). This is the usual recipe for CPU inference with one process per
+    core (PyTorch's ``torch.backends.xeon.run_cpu`` binds instances to cores the same way).
     """
-    mode = os.environ.get(AFFINITY_ENV, "worker").strip().lower()
+    mode = os.environ.get(AFFINITY_ENV, "auto").strip().lower()
     if mode not in AFFINITY_MODES:
         raise ValueError(f"{AFFINITY_ENV}={mode!r}: expected one of {', '.join(AFFINITY_MODES)}")
     if mode == "none" or not hasattr(os, "sched_setaffinity"):
@@ -71,8 +79,14 @@ def pin_worker() -> int | None:
     index = server_context.worker_index  # 1-based; None outside a served worker (tests, scripts)
     cores = sorted(os.sched_getaffinity(0))
     workers = service_settings()["workers"]
-    n_workers = len(cores) if workers == "cpu_count" else workers
-    if index is None or len(cores) < 2 or n_workers > len(cores):
+    if workers == "cpu_count":  # as BentoML counts them: a container's CPU quota, not the host's cores
+        from bentoml._internal.resource import CpuResource
+
+        n_workers = int(CpuResource.from_system()) or 1
+    else:
+        n_workers = workers
+    enough = n_workers == len(cores) if mode == "auto" else n_workers <= len(cores)
+    if index is None or len(cores) < 2 or not enough:
         return None
     core = cores[(index - 1) % len(cores)]
     for task in Path("/proc/self/task").iterdir():  # os.sched_setaffinity(0) binds the calling thread only
