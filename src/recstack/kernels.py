@@ -49,7 +49,7 @@ def timeline_stats(
     Returns ``counts (M, W + 1)`` int64 (events in each trailing window ``(t - w, t]`` of ``windows_us``
     ``(W,)``, then at or before ``t``), and the first and latest event time at or before ``t`` ``(M,)``
     with ``seen`` ``(M,)`` (whether there is one; where not, the times are placeholders, as in the numpy
-    code). Items past the table have no events.
+    code). Items past the table have no events; a negative item counts as the unknown item 0.
     """
     m, w = len(items), len(windows_us)
     n_last, n = len(starts) - 1, len(times)
