@@ -1,6 +1,8 @@
 """Process settings shared by recstack's BentoML service and the benchmark's floor service.
 
-Both read the same environment, so a benchmark compares the two under identical worker settings:
+Both read the same environment, so a benchmark compares the two under the same worker settings (the
+serving benchmark sets only their CPU affinity apart, leaving the floor's placement to the OS, its faster
+one here):
 ``RECSTACK_WORKERS`` (worker processes, default one per core), ``RECSTACK_THREADS`` (threads of one
 worker for blocking endpoints, default 8; ``/recommend`` is a coroutine and needs none) and
 ``RECSTACK_CPU_AFFINITY`` (``auto``, the default: each worker bound to a core of its own when the workers
