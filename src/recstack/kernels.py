@@ -6,14 +6,35 @@ operations in the same order), so features, offline evaluation and the service d
 
 Kernels have explicit signatures, so they compile when this module is imported, not on a service's first
 request (where a second of compiling would blow the ranking budget); ``cache=True`` keeps the machine
-code in ``__pycache__`` so later imports load it instead. ``nogil`` lets the service's event loop run
-while a lane thread is in a kernel. Callers pass C-contiguous arrays of the signature's types.
+code in ``__pycache__`` (or numba's user-wide cache) so later imports load it instead; where no cache
+location is writable (a read-only image and home), every start compiles again instead of failing.
+``nogil`` lets the service's event loop run while a lane thread is in a kernel. Callers pass C-contiguous
+arrays of the signature's types.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit, types
+
+
+def compiled(signature: Any) -> Callable[[Callable], Callable]:
+    """``numba.njit(signature, cache=True, nogil=True)``, without the cache when numba finds nowhere
+    writable to keep it (it raises at decoration then, which would stop the service from starting)."""
+
+    def decorate(fn: Callable) -> Callable:
+        try:
+            return njit(signature, cache=True, nogil=True)(fn)
+        except RuntimeError as exc:
+            if "no locator available" not in str(exc):
+                raise
+            return njit(signature, nogil=True)(fn)
+
+    return decorate
+
 
 I64 = types.Array(types.int64, 1, "C")
 # Inputs are typed read-only, so the views numpy hands out read-only (broadcasts, memory maps) pass as
@@ -21,7 +42,7 @@ I64 = types.Array(types.int64, 1, "C")
 IN_I64 = types.Array(types.int64, 1, "C", readonly=True)
 
 
-@njit(types.int64(IN_I64, types.int64, types.int64, types.int64), cache=True, nogil=True)
+@compiled(types.int64(IN_I64, types.int64, types.int64, types.int64))
 def _at_or_before(times: np.ndarray, lo: int, hi: int, t: int) -> int:
     """Index one past the last of ``times[lo:hi]`` (sorted) that is <= ``t``: ``searchsorted(side="right")``."""
     while lo < hi:
@@ -33,12 +54,10 @@ def _at_or_before(times: np.ndarray, lo: int, hi: int, t: int) -> int:
     return lo
 
 
-@njit(
+@compiled(
     types.Tuple((types.Array(types.int64, 2, "C"), I64, I64, types.Array(types.boolean, 1, "C")))(
         IN_I64, IN_I64, IN_I64, IN_I64, IN_I64
-    ),
-    cache=True,
-    nogil=True,
+    )
 )
 def timeline_stats(
     starts: np.ndarray, times: np.ndarray, items: np.ndarray, as_of: np.ndarray, windows_us: np.ndarray
@@ -75,7 +94,7 @@ IN_F64 = types.Array(types.float64, 1, "C", readonly=True)
 IN_F64_2D = types.Array(types.float64, 2, "C", readonly=True)
 
 
-@njit(types.Array(types.int64, 1, "C")(IN_F64, types.float64, IN_F64_2D, types.int64), cache=True, nogil=True)
+@compiled(types.Array(types.int64, 1, "C")(IN_F64, types.float64, IN_F64_2D, types.int64))
 def mmr_picks(weighted: np.ndarray, penalty: float, sim: np.ndarray, k: int) -> np.ndarray:
     """Maximal marginal relevance: ``min(k, W)`` positions of a pool of ``W`` items in the order picked.
 
