@@ -16,10 +16,9 @@ index saves), prints where the in-process time goes by stage, and its CPU per re
 and with caches evicted between requests (what serving amid other work costs the funnel).
 
 recstack's workers run with their default CPU affinity (each bound to a core of its own, one worker per
-core here; ``--affinity``);
-the floor's with BentoML's default (placed by the OS, ``--floor-affinity``), which is the faster floor on
-this machine: bound the same way it served 10-20 % fewer requests/s, so comparing against it would
-flatter recstack.
+core here; ``--affinity``), the floor's with BentoML's default (placed by the OS, ``--floor-affinity``),
+which is the faster floor on this machine: bound the same way it served 15-20 % fewer requests/s, so
+comparing against it would flatter recstack.
 """
 
 from __future__ import annotations
@@ -92,7 +91,7 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
     root = psutil.Process(server_pid)
     for proc in [root, *root.children(recursive=True)]:
         try:
-            worker = "_bentoml_impl.worker" in " ".join(proc.cmdline())
+            worker = _is_worker(proc)
             threads = proc.threads()
         except psutil.NoSuchProcess:
             continue
@@ -104,13 +103,15 @@ def cpu_seconds(server_pid: int) -> dict[str, float]:
     return out
 
 
+def _is_worker(proc: psutil.Process) -> bool:
+    """Whether a process of a ``bentoml serve`` tree is one of its service workers (not the supervisor)."""
+    return "_bentoml_impl.worker" in " ".join(proc.cmdline())
+
+
 def worker_cores(server_pid: int) -> list[list[int]]:
     """The cores each worker process of a server may run on (what ``RECSTACK_CPU_AFFINITY`` did)."""
-    root = psutil.Process(server_pid)
     return [
-        sorted(p.cpu_affinity())
-        for p in root.children(recursive=True)
-        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+        sorted(p.cpu_affinity()) for p in psutil.Process(server_pid).children(recursive=True) if _is_worker(p)
     ]
 
 

@@ -18,8 +18,8 @@ Environment: ``RECSTACK_MODEL`` (model tag, default ``recstack-funnel:latest``),
 (feedback and response logs, default ``./recstack-logs``), ``RECSTACK_TORCH_THREADS`` (default 1: requests
 run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes, default one per core;
 each has its own result cache and shares the logs), ``RECSTACK_CPU_AFFINITY`` (``auto``, the default:
-each worker bound to a core of its own when one per core; ``worker``; ``none``), ``RECSTACK_THREADS`` (requests one worker handles at
-once, default 8), ``RECSTACK_SERVING_OVERRIDES``
+each worker bound to a core of its own when one per core; ``worker``; ``none``), ``RECSTACK_THREADS``
+(requests one worker handles at once, default 8), ``RECSTACK_SERVING_OVERRIDES``
 (JSON merged over the packaged serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for
 load tests), ``RECSTACK_REDIS_URL`` (the online state's Redis when ``online.backend`` is ``redis``),
 ``RECSTACK_ADMIN_TOKEN`` (enables the admin operations), ``RECSTACK_SNAPSHOT_SPLITS`` (serve a snapshot of

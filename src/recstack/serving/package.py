@@ -29,7 +29,7 @@ SERVING_ROOTS = (
     "fbgemm-gpu-cpu",
     "torchrec",
     "faiss-cpu",
-    "numba",  # the ranking kernels
+    "numba",  # recstack.kernels (ranking features, the policy's MMR)
     "numpy",
     "scipy",
     "polars",
