@@ -126,3 +126,52 @@ def mmr_picks(weighted: np.ndarray, penalty: float, sim: np.ndarray, k: int) -> 
             if m > max_sim[j] or np.isnan(m):
                 max_sim[j] = m
     return out
+
+
+IN_I32 = types.Array(types.int32, 1, "C", readonly=True)
+IN_F32 = types.Array(types.float32, 1, "C", readonly=True)
+
+
+@compiled(types.Array(types.float64, 2, "C")(IN_I32, IN_I32, IN_F32, IN_I64, IN_I64, types.int64))
+def category_sums(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, values: np.ndarray, lengths: np.ndarray, c: int
+) -> np.ndarray:
+    """``(B, c)`` each history's summed category rows: row ``b`` adds the CSR rows
+    (``indptr``, ``indices``, ``data``) of its items ``values[sum(lengths[:b]):][:lengths[b]]``, in order.
+
+    What ``np.bincount(user * c + column, weights=data)`` over the histories' entries computed: float64
+    sums, each taken in the entries' order.
+    """
+    b = len(lengths)
+    out = np.zeros((b, c))
+    at = 0
+    for row in range(b):
+        for j in range(at, at + lengths[row]):
+            item = values[j]
+            for e in range(indptr[item], indptr[item + 1]):
+                out[row, indices[e]] += np.float64(data[e])
+        at += lengths[row]
+    return out
+
+
+@compiled(
+    types.Array(types.float64, 2, "C")(
+        IN_I32, IN_I32, IN_F32, types.Array(types.int64, 2, "C", readonly=True), IN_F64_2D
+    )
+)
+def category_dots(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, items: np.ndarray, user_cats: np.ndarray
+) -> np.ndarray:
+    """``(B, N)`` dot products of the candidates ``items`` ``(B, N)``' CSR category rows with their user's
+    row of ``user_cats`` ``(B, C)``: what ``np.bincount(pair, weights=data * user_cats[user, column])``
+    computed (each product rounded to float64, then summed in the entries' order)."""
+    b, n = items.shape
+    out = np.zeros((b, n))
+    for row in range(b):
+        for k in range(n):
+            item = items[row, k]
+            acc = 0.0
+            for e in range(indptr[item], indptr[item + 1]):
+                acc += np.float64(data[e]) * user_cats[row, indices[e]]
+            out[row, k] = acc
+    return out

@@ -40,6 +40,6 @@ def test_other_compile_errors_are_not_swallowed(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_kernels_are_compiled_at_import_with_their_signatures() -> None:
-    for kernel in (kernels.timeline_stats, kernels.mmr_picks):
+    for kernel in (kernels.timeline_stats, kernels.mmr_picks, kernels.category_sums, kernels.category_dots):
         assert len(kernel.signatures) == 1 and kernel._can_compile is False  # no lazy compile on a request
     assert kernels.mmr_picks(np.array([0.5, 0.9]), 0.1, np.eye(2), 1).tolist() == [1]

@@ -163,3 +163,34 @@ def test_latest_items_are_each_historys_last_ones_newest_first_padded_with_zero(
         row = values[end - n : end][::-1][:10]
         assert got[b].tolist() == [*row.tolist(), *[0] * (10 - len(row))]
     assert latest_items(np.empty(0, np.int64), np.zeros(2, np.int64), 3).tolist() == [[0, 0, 0]] * 2
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_category_affinity_kernels_equal_the_numpy_steps(seed: int) -> None:
+    """The compiled category sums (the ranking context's CSR layout: int32 indices, float32 data) give the
+    very float64 values of the numpy steps (any other layout): same products, summed in the same order.
+    Histories with no categorized item, empty histories, and the unknown item 0 among the candidates."""
+    import scipy.sparse as sp
+
+    from recstack.ranking.features import category_affinity
+
+    rng = np.random.default_rng(seed)
+    for trial in range(40):
+        n_items, c = int(rng.integers(2, 300)), int(rng.integers(1, 40))
+        m = sp.random(n_items, c, density=rng.uniform(0.01, 0.5), format="csr", dtype=np.float32, rng=rng)
+        norms = np.sqrt(np.asarray(m.sum(axis=1)).ravel())
+        cats = (sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ m).tocsr().astype(np.float32)
+        assert (cats.indptr.dtype, cats.indices.dtype) == (np.int32, np.int32)
+        b = int(rng.integers(1, 6))
+        lengths = rng.integers(0, 60, size=b)
+        values = rng.integers(1, n_items, size=int(lengths.sum()))
+        items = rng.integers(0, n_items, size=(b, int(rng.integers(1, 250))))
+        numpy_layout = cats.copy()
+        numpy_layout.indptr = numpy_layout.indptr.astype(np.int64)
+        numpy_layout.indices = numpy_layout.indices.astype(np.int64)
+        got = category_affinity(cats, values, lengths, items)
+        want = category_affinity(numpy_layout, values, lengths, items)
+        assert got.dtype == want.dtype == np.float64, trial
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+    with pytest.raises(IndexError, match="candidate item index out of range"):
+        category_affinity(cats, values, lengths, np.full((1, 2), n_items))

@@ -99,6 +99,14 @@ def test_ranker_scores_pairs_and_dcn_variant(small_features: Path) -> None:
         assert out.shape == (6,)
         # Inference without the KJT: the same logits, bit for bit.
         assert torch.equal(model.score(dense, bags), out)
+        # The frozen dense layers too, for any batch size (chunked past INFERENCE_CHUNK_PAIRS).
+        layers = model.frozen_layers()
+        assert not model.training and all(p.requires_grad for p in model.parameters())  # left as it was
+        with torch.inference_mode():
+            assert torch.equal(model.score(dense, bags, layers), out)
+            for size in (1, 7, 512, 513, 1100):
+                x, e = torch.randn(size, n), torch.randn(size, len(config.sparse_features), 8)
+                assert torch.equal(model._head(x, e, layers), model._head(x, e)), (dcn, size)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +131,41 @@ def test_artifacts_carry_what_serving_needs(trained: dict[str, Path]) -> None:
         load_card(trained["retrieval"])
     with pytest.raises(ValueError, match="not a dlrm ranker"):
         FunnelRanker.load(trained["retrieval"] / "model", None)  # type: ignore[arg-type]
+
+
+def test_funnel_scores_with_its_precomputed_item_block_and_frozen_layers_bit_for_bit(
+    small_features: Path, trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog's pooled item features (``item_block``) and the frozen dense layers are what the
+    per-request lookups and the modules compute: the same logits and features, for batches of users."""
+    from dataclasses import replace
+
+    from recstack.ranking import scorer
+
+    tables = FeatureTables.load(small_features)
+    inter = pl.read_parquet(small_features / "interactions.parquet")
+    seq = Sequences.from_interactions(inter.filter(pl.col(SPLIT).is_in(FIT_SPLITS)), tables.spec.user_id.size)
+    retriever = TwoTowerRetriever.load(trained["retrieval"] / "model", tables)
+    funnel = FunnelRanker.load(trained["ranking"] / "model", retriever)
+    assert funnel.item_block is not None and funnel.layers is not None
+    names, block = funnel.item_block
+    assert names == tuple(tables.items.bags_for(np.array([1])))
+    assert block.shape == (tables.items.n_items, len(names) * funnel.ranker.config.embedding_dim)
+    plain = replace(funnel, layers=None, item_block=None)
+    ctx = RankingContext.build(tables, seq, retriever.item_vectors)
+    rng = np.random.default_rng(0)
+    for b in (1, 3, 8):
+        users = rng.integers(1, tables.spec.user_id.size, b)
+        items = rng.integers(-1, tables.items.n_items, (b, 30))  # -1: an empty slot
+        sims = rng.standard_normal((b, 30)).astype(np.float32)
+        got, got_dense = funnel.score_with_features(ctx, users, items, sims)
+        want, want_dense = plain.score_with_features(ctx, users, items, sims)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got_dense, want_dense)
+    # A catalog past the memory bound keeps the per-request lookups.
+    assert scorer.item_block(funnel.ranker, tables.items) is not None
+    monkeypatch.setattr(scorer, "ITEM_BLOCK_MAX_BYTES", block.numel() * 4 - 1)
+    assert scorer.item_block(funnel.ranker, tables.items) is None
 
 
 def test_training_is_deterministic(small_features: Path, trained: dict[str, Path], tmp_path: Path) -> None:

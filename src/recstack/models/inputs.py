@@ -137,8 +137,15 @@ def to_kjt(bags: dict[str, Bag]) -> KeyedJaggedTensor:
     )
 
 
-def pooled_embeddings(ebc: EmbeddingBagCollection, bags: dict[str, Bag]) -> torch.Tensor:
+def pooled_embeddings(
+    ebc: EmbeddingBagCollection,
+    bags: dict[str, Bag],
+    precomputed: tuple[tuple[str, ...], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``(B, n_features * D)``: what ``ebc(to_kjt(bags)).values()`` returns, without the KJT.
+
+    ``precomputed``: features already pooled, ``(names, (B, len(names) * D))``: names consecutive in the
+    EBC's order, whose block stands in for their lookups (their bags are not needed).
 
     Inference only (the service calls it per request). The EBC's own tables go through the same
     ``embedding_bag`` op as its forward, so the values are identical; skipped is TorchRec's per-call Python
@@ -148,8 +155,13 @@ def pooled_embeddings(ebc: EmbeddingBagCollection, bags: dict[str, Bag]) -> torc
     per distinct row: a request's 200 pairs share one user.
     """
     out = []
+    given, block = precomputed if precomputed is not None else ((), None)
     for config, table in zip(ebc.embedding_bag_configs(), ebc.embedding_bags.values(), strict=True):
         for name in config.feature_names:
+            if name in given:
+                if name == given[0]:
+                    out.append(block)
+                continue
             bag = bags[name]
             if bag.single:
                 pooled = F.embedding(torch.from_numpy(bag.values), table.weight)

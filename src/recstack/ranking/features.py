@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recstack.kernels import timeline_stats
+from recstack.kernels import category_dots, category_sums, timeline_stats
 from recstack.models.inputs import Bag, FeatureTables, Sequences, range_positions, single
 
 DAY_US = 86_400_000_000
@@ -267,15 +267,32 @@ def category_affinity(
         items: ``(B, N)`` candidates.
 
     Works on the CSR arrays: scipy's slicing and products cost ~0.3 ms per request here, for a few
-    hundred multiply-adds.
+    hundred multiply-adds. The sums run compiled (``recstack.kernels.category_sums`` / ``category_dots``,
+    the same float64 sums in the same order) for the CSR layout the ranking context builds (int32
+    indices, float32 data); any other layout takes the numpy steps.
     """
     b, n = items.shape
     c = cats.shape[1]
-    rows, cols, data = _category_entries(cats, values)
-    user_of = np.repeat(np.arange(b), lengths)[rows]
-    user_cats = np.bincount(user_of * c + cols, weights=data, minlength=b * c).reshape(b, c)
+    compiled = (cats.indptr.dtype, cats.indices.dtype, cats.data.dtype) == (np.int32, np.int32, np.float32)
+    for name, idx in (("history", values), ("candidate", items)):
+        # The kernels read without bounds checks: an index past the matrix must fail here, as numpy would.
+        if idx.size and (idx.min() < 0 or idx.max() >= cats.shape[0]):
+            raise IndexError(f"{name} item index out of range 0..{cats.shape[0] - 1}")
+    if compiled:
+        values = np.ascontiguousarray(values, dtype=np.int64)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        user_cats = category_sums(cats.indptr, cats.indices, cats.data, values, lengths, c)
+    else:
+        rows, cols, data = _category_entries(cats, values)
+        user_of = np.repeat(np.arange(b), lengths)[rows]
+        user_cats = np.bincount(user_of * c + cols, weights=data, minlength=b * c).reshape(b, c)
+        user_cats = user_cats.astype(np.float64, copy=False)  # bincount of no entries is int64
     norm = np.linalg.norm(user_cats, axis=1, keepdims=True)
     user_cats /= np.where(norm > 0, norm, 1.0)
+    if compiled:
+        return category_dots(
+            cats.indptr, cats.indices, cats.data, np.ascontiguousarray(items, dtype=np.int64), user_cats
+        )
     rows, cols, data = _category_entries(cats, items.ravel())
     pair_user = rows // n
     return np.bincount(rows, weights=data * user_cats[pair_user, cols], minlength=b * n).reshape(b, n)
@@ -350,18 +367,25 @@ def dense_features(
 
 
 def sparse_bags(
-    tables: FeatureTables, users: np.ndarray, items: np.ndarray, last_item: np.ndarray
+    tables: FeatureTables,
+    users: np.ndarray,
+    items: np.ndarray,
+    last_item: np.ndarray,
+    item_features: bool = True,
 ) -> dict[str, Bag]:
     """Sparse ranker features of ``B * N`` flattened pairs: user and item ids, attributes, the last item.
 
     Args:
         users: ``(B,)``; items: ``(B, N)``; last_item: ``(B,)`` the user's latest item (0 = none), a context
             feature: what the user just did says most about what comes next.
+        item_features: False leaves the items' own features out (a caller that has their pooled
+            embeddings already, see ``FunnelRanker.item_block``).
     """
     n = items.shape[1]
     # The user's features and last item are the same for all n of its pairs: one row each, repeated.
     out = {name: single(arr[users], repeat=n) for name, arr in tables.users.single.items()}
-    out.update(tables.items.bags_for(items.ravel()))
+    if item_features:
+        out.update(tables.items.bags_for(items.ravel()))
     out[LAST_ITEM_FEATURE] = single(last_item, repeat=n)
     return out
 
