@@ -203,6 +203,12 @@ def main() -> None:
     ap.add_argument("--in-process", type=int, default=500, help="sequential in-process requests per variant")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument(
+        "--bento",
+        default=None,
+        help="serve this bento of the project's store (e.g. an earlier build, for an A/B in one session); "
+        "default: the one the package stage built",
+    )
+    ap.add_argument(
         "--affinity",
         choices=AFFINITY_MODES,
         default="auto",
@@ -218,6 +224,8 @@ def main() -> None:
 
     project = Path(args.project).resolve()
     package = json.loads((project / "artifacts" / "package" / "package.json").read_text())
+    if args.bento:
+        package["bento_tag"] = args.bento
     bundle = project / "artifacts" / "package" / "bundle"
     from recstack.features.spec import FeatureSpec
 
