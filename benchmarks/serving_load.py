@@ -203,6 +203,13 @@ def main() -> None:
     ap.add_argument("--in-process", type=int, default=500, help="sequential in-process requests per variant")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument(
+        "--overrides",
+        type=json.loads,
+        default={},
+        help="serving settings merged over the packaged ones for recstack's server, as JSON, e.g. "
+        "'{\"batch_window_ms\": 4}' (the result cache stays off)",
+    )
+    ap.add_argument(
         "--bento",
         default=None,
         help="serve this bento of the project's store (e.g. an earlier build, for an A/B in one session); "
@@ -239,7 +246,7 @@ def main() -> None:
         **os.environ,
         "BENTOML_HOME": str(project / "bentos" / "store"),
         "RECSTACK_LOG_DIR": str(logs / "recstack-logs"),
-        "RECSTACK_SERVING_OVERRIDES": json.dumps(NO_CACHE),
+        "RECSTACK_SERVING_OVERRIDES": json.dumps({**args.overrides, **NO_CACHE}),
     }
     print(
         f"catalog: {n_items} items, {len(users)} users; bento {package['bento_tag']}; logs {logs}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -93,3 +94,49 @@ def test_a_failing_job_fails_alone(recommender: Recommender) -> None:
                 assert np.isfinite(j.ranked.result(timeout=30)).all()
     finally:
         lanes.close()
+
+
+def test_under_load_the_batching_window_gathers_jobs_and_a_lone_job_does_not_wait(
+    recommender: Recommender,
+) -> None:
+    """With other requests in flight, a lane lets the oldest job wait up to the window for more, so jobs
+    submitted a few ms apart share one batch; with none in flight (``in_flight`` at most the jobs
+    waiting) it takes a job at once."""
+    stages = Stages(recommender.bundle, recommender.config)
+    in_flight = [0]
+    lanes = StageLanes(stages, threads=1, max_batch=32, window_s=0.2, in_flight=lambda: in_flight[0])
+    try:
+        lone = jobs_for(recommender, 1)[0]
+        in_flight[0] = 1  # the lone job's own request only
+        lanes.submit(lone)
+        lone.ranked.result(timeout=30)
+        assert list(lanes.batch_sizes) == [1]
+        assert lanes.batch_sizes and lone.retrieved.done()
+
+        jobs = jobs_for(recommender, 4)
+        in_flight[0] = 4  # four requests on their way: the first waits for the others
+        for j in jobs:
+            lanes.submit(j)
+            threading.Event().wait(0.01)
+        for j in jobs:
+            j.ranked.result(timeout=30)
+        assert list(lanes.batch_sizes)[1:] == [4]
+        # A full batch is taken at once, whatever the window.
+        lanes._max_batch = 2
+        more = jobs_for(recommender, 2)
+        in_flight[0] = 10
+        start = time.monotonic()
+        for j in more:
+            lanes.submit(j)
+        more[-1].ranked.result(timeout=30)
+        assert time.monotonic() - start < 0.2 and list(lanes.batch_sizes)[-1] == 2
+    finally:
+        lanes.close()
+
+
+def test_the_batching_window_is_off_by_default_and_bounded(recommender: Recommender) -> None:
+    from recstack.serving.config import ServingConfig, ServingConfigError, load_serving_config
+
+    assert ServingConfig().batch_window_ms == 0
+    with pytest.raises(ServingConfigError, match="batch_window_ms"):
+        load_serving_config({**recommender.config.model_dump(by_alias=True), "batch_window_ms": 500})

@@ -133,39 +133,49 @@ def test_artifacts_carry_what_serving_needs(trained: dict[str, Path]) -> None:
         FunnelRanker.load(trained["retrieval"] / "model", None)  # type: ignore[arg-type]
 
 
-def test_funnel_scores_with_its_precomputed_item_block_and_frozen_layers_bit_for_bit(
+def test_funnel_and_retriever_score_with_pooled_blocks_and_frozen_layers_bit_for_bit(
     small_features: Path, trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The catalog's pooled item features (``item_block``) and the frozen dense layers are what the
-    per-request lookups and the modules compute: the same logits and features, for batches of users."""
+    """The tables' pooled static features (``item_block``, ``user_block``) and the frozen dense layers are
+    what the per-request lookups and the modules compute: the same logits, features and query vectors,
+    for batches of users."""
     from dataclasses import replace
 
-    from recstack.ranking import scorer
+    from recstack.models import inputs
 
     tables = FeatureTables.load(small_features)
     inter = pl.read_parquet(small_features / "interactions.parquet")
     seq = Sequences.from_interactions(inter.filter(pl.col(SPLIT).is_in(FIT_SPLITS)), tables.spec.user_id.size)
     retriever = TwoTowerRetriever.load(trained["retrieval"] / "model", tables)
     funnel = FunnelRanker.load(trained["ranking"] / "model", retriever)
-    assert funnel.item_block is not None and funnel.layers is not None
-    names, block = funnel.item_block
-    assert names == tuple(tables.items.bags_for(np.array([1])))
-    assert block.shape == (tables.items.n_items, len(names) * funnel.ranker.config.embedding_dim)
-    plain = replace(funnel, layers=None, item_block=None)
+    assert funnel.item_block is not None and funnel.user_block is not None and funnel.layers is not None
+    assert retriever.user_block is not None
+    assert funnel.item_block.names == tuple(tables.items.bags_for(np.array([1])))
+    assert funnel.user_block.names == tuple(tables.users.single) == retriever.user_block.names
+    dim = funnel.ranker.config.embedding_dim
+    assert funnel.item_block.rows.shape == (tables.items.n_items, len(funnel.item_block.names) * dim)
+    plain = replace(funnel, layers=None, item_block=None, user_block=None)
     ctx = RankingContext.build(tables, seq, retriever.item_vectors)
     rng = np.random.default_rng(0)
     for b in (1, 3, 8):
-        users = rng.integers(1, tables.spec.user_id.size, b)
+        users = rng.integers(0, tables.spec.user_id.size + 1, b)  # 0: the unknown user
         items = rng.integers(-1, tables.items.n_items, (b, 30))  # -1: an empty slot
         sims = rng.standard_normal((b, 30)).astype(np.float32)
         got, got_dense = funnel.score_with_features(ctx, users, items, sims)
         want, want_dense = plain.score_with_features(ctx, users, items, sims)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(got_dense, want_dense)
-    # A catalog past the memory bound keeps the per-request lookups.
-    assert scorer.item_block(funnel.ranker, tables.items) is not None
-    monkeypatch.setattr(scorer, "ITEM_BLOCK_MAX_BYTES", block.numel() * 4 - 1)
-    assert scorer.item_block(funnel.ranker, tables.items) is None
+        history = seq.last(users, retriever.config.history_length)
+        np.testing.assert_array_equal(
+            retriever.query_vectors(users, history),
+            replace(retriever, user_block=None).query_vectors(users, history),
+        )
+    # A table past the memory bound keeps the per-request lookups.
+    ebc = funnel.ranker.dlrm.sparse_arch.embedding_bag_collection
+    monkeypatch.setattr(inputs, "POOLED_BLOCK_MAX_BYTES", funnel.item_block.rows.numel() * 4 - 1)
+    assert inputs.pooled_block(ebc, tables.items.bags_for, tables.items.n_items) is None
+    monkeypatch.setattr(inputs, "POOLED_BLOCK_MAX_BYTES", funnel.item_block.rows.numel() * 4)
+    assert inputs.pooled_block(ebc, tables.items.bags_for, tables.items.n_items) is not None
 
 
 def test_training_is_deterministic(small_features: Path, trained: dict[str, Path], tmp_path: Path) -> None:

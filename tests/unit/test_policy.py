@@ -148,3 +148,28 @@ def test_compiled_mmr_picks_what_the_numpy_steps_picked(seed: int) -> None:
     sim = unit @ unit.T
     for k in (1, 10, 60):
         assert mmr_picks(weighted, 0.3, sim, k).tolist() == _numpy_mmr(weighted, 0.3, sim, k)
+
+
+def test_unit_categories_dense_and_sparse_give_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small catalog keeps its unit category matrix dense (one gather per request), a large one walks
+    the CSR rows: the same float64 rows either way, so MMR picks the same items."""
+    from dataclasses import replace
+
+    import recstack.policy.rerank as rr
+
+    rng = np.random.default_rng(0)
+    cats = sp.random(300, 25, density=0.1, format="csr", dtype=np.float32, rng=rng)
+    cats.data[:] = 1.0
+    fresh = {"_unit": None, "_unit_dense": None}  # CATALOG may have cached its own already
+    base = replace(CATALOG, categories=cats, category_names=[str(c) for c in range(25)], **fresh)
+    items = rng.integers(0, 300, 60)
+    dense_cat = replace(base, **fresh)
+    dense = dense_cat.unit_categories(items)
+    assert dense_cat._unit_dense is not None
+    monkeypatch.setattr(rr, "DENSE_UNIT_MAX_BYTES", 0)
+    sparse_cat = replace(base, **fresh)
+    sparse = sparse_cat.unit_categories(items)
+    assert sparse_cat._unit_dense is None
+    np.testing.assert_array_equal(dense, sparse)
+    norms = np.linalg.norm(dense, axis=1)
+    np.testing.assert_allclose(norms[norms > 0], 1.0)

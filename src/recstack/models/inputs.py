@@ -7,6 +7,7 @@ into an embedding table (index 0 = unknown) with a per-value weight: single-valu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +141,13 @@ def to_kjt(bags: dict[str, Bag]) -> KeyedJaggedTensor:
 def pooled_embeddings(
     ebc: EmbeddingBagCollection,
     bags: dict[str, Bag],
-    precomputed: tuple[tuple[str, ...], torch.Tensor] | None = None,
+    precomputed: Sequence[tuple[tuple[str, ...], torch.Tensor]] = (),
 ) -> torch.Tensor:
     """``(B, n_features * D)``: what ``ebc(to_kjt(bags)).values()`` returns, without the KJT.
 
-    ``precomputed``: features already pooled, ``(names, (B, len(names) * D))``: names consecutive in the
-    EBC's order, whose block stands in for their lookups (their bags are not needed).
+    ``precomputed``: features already pooled, each ``(names, (B, their widths))`` with the names
+    consecutive in the EBC's order (:meth:`PooledBlock.take`); the block stands in for their lookups, and
+    their bags are not needed.
 
     Inference only (the service calls it per request). The EBC's own tables go through the same
     ``embedding_bag`` op as its forward, so the values are identical; skipped is TorchRec's per-call Python
@@ -155,12 +157,13 @@ def pooled_embeddings(
     per distinct row: a request's 200 pairs share one user.
     """
     out = []
-    given, block = precomputed if precomputed is not None else ((), None)
+    starts = {names[0]: block for names, block in precomputed}
+    given = {n for names, _ in precomputed for n in names}
     for config, table in zip(ebc.embedding_bag_configs(), ebc.embedding_bags.values(), strict=True):
         for name in config.feature_names:
             if name in given:
-                if name == given[0]:
-                    out.append(block)
+                if name in starts:
+                    out.append(starts[name])
                 continue
             bag = bags[name]
             if bag.single:
@@ -178,6 +181,59 @@ def pooled_embeddings(
                 )
             out.append(pooled.repeat_interleave(bag.repeat, dim=0) if bag.repeat > 1 else pooled)
     return torch.cat(out, dim=1)
+
+
+# Largest block of static features pooled up front, per table and process (bytes): 1M items of the ranker's
+# 5 item features x 16 floats take 320 MB; past it those features are looked up per request instead.
+POOLED_BLOCK_MAX_BYTES = 512 * 2**20
+POOLED_BLOCK_CHUNK = 65_536  # rows pooled per lookup while building a block
+
+
+@dataclass(frozen=True)
+class PooledBlock:
+    """Static sparse features pooled once for every row of their table: ``rows`` ``(n_rows, width)``, the
+    features ``names`` side by side, consecutive in their EBC's feature order.
+
+    An item's ids, attributes, categories and title tokens, or a known user's id and attributes, never
+    change: a request gathers their rows here (:meth:`take`) instead of building their bags and looking
+    up each feature (:func:`pooled_embeddings`). Each row is the same ``embedding`` / ``embedding_bag``
+    op on the same bag as a request's lookup, so the same values bit for bit (tested).
+    """
+
+    names: tuple[str, ...]
+    rows: torch.Tensor
+
+    def take(self, index: np.ndarray, repeat: int = 1) -> tuple[tuple[str, ...], torch.Tensor]:
+        """``(names, (len(index) * repeat, width))``: the rows of ``index``, each repeated ``repeat`` times
+        (a user's row for each of its candidates); what :func:`pooled_embeddings` takes as precomputed."""
+        out = self.rows[torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))]
+        return self.names, out.repeat_interleave(repeat, dim=0) if repeat > 1 else out
+
+
+@torch.inference_mode()
+def pooled_block(
+    ebc: EmbeddingBagCollection, bags_of: Callable[[np.ndarray], dict[str, Bag]], n_rows: int
+) -> PooledBlock | None:
+    """The features ``bags_of(rows)`` gives, pooled for rows ``0 .. n_rows - 1`` of their table; None when
+    they are not consecutive in the EBC's order or the block would pass ``POOLED_BLOCK_MAX_BYTES``."""
+    configs = ebc.embedding_bag_configs()
+    order = [n for c in configs for n in c.feature_names]
+    dims = {n: c.embedding_dim for c in configs for n in c.feature_names}
+    names = [n for n in order if n in bags_of(np.zeros(1, np.int64))]
+    first = order.index(names[0]) if names else 0
+    if not names or order[first : first + len(names)] != names:
+        return None
+    width = sum(dims[n] for n in names)
+    if n_rows * width * 4 > POOLED_BLOCK_MAX_BYTES:
+        return None
+    col = sum(dims[n] for n in order[:first])
+    parts = []
+    for start in range(0, n_rows, POOLED_BLOCK_CHUNK):
+        chunk = np.arange(start, min(start + POOLED_BLOCK_CHUNK, n_rows), dtype=np.int64)
+        bags = {n: single(np.zeros(len(chunk), np.int64)) for n in order}  # the others: looked up, dropped
+        bags.update(bags_of(chunk))
+        parts.append(pooled_embeddings(ebc, bags)[:, col : col + width].clone())
+    return PooledBlock(tuple(names), torch.cat(parts))
 
 
 def _attribute_names(
@@ -302,6 +358,15 @@ class UserFeatures:
         sizes = {USER_ID_FEATURE: n, **attr_sizes}
         return cls(single=single, cardinalities=sizes)
 
+    @property
+    def n_users(self) -> int:
+        """Known users including the unknown row 0."""
+        return len(self.single[USER_ID_FEATURE])
+
+    def bags_for(self, users: np.ndarray, repeat: int = 1) -> dict[str, Bag]:
+        """The id and attributes of user indices ``users`` ``(B,)`` (``repeat``: see :class:`Bag`)."""
+        return {name: single(arr[users], repeat=repeat) for name, arr in self.single.items()}
+
     @staticmethod
     def columns(spec: FeatureSpec) -> list[str]:
         """The columns of ``users.parquet`` that :meth:`from_table` reads (:meth:`FeatureTables.load` reads
@@ -411,7 +476,7 @@ def query_bags(
         decay: recency decay of the history weights.
     """
     if isinstance(users, UserFeatures):
-        out = {name: single(arr[user_idx]) for name, arr in users.single.items()}
+        out = users.bags_for(user_idx)
     else:
         out = {name: single(arr) for name, arr in users.items()}
     out[HISTORY_FEATURE] = recency_bag(history[0], history[1], decay)

@@ -6,7 +6,7 @@ whoever calls it (training, evaluation, the service) passes raw feature values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -108,7 +108,7 @@ class Ranker(nn.Module):
         dense: torch.Tensor,
         bags: dict[str, Bag],
         layers: torch.jit.ScriptModule | None = None,
-        precomputed: tuple[tuple[str, ...], torch.Tensor] | None = None,
+        precomputed: Sequence[tuple[tuple[str, ...], torch.Tensor]] = (),
     ) -> torch.Tensor:
         """Inference: logits ``(B,)`` of dense ``(B, F)`` raw features and the sparse features as bags.
 

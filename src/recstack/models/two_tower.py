@@ -7,6 +7,7 @@ Model code only (no training loop, no data loading): the training system lives i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from recstack.models.inputs import ItemFeatures
 
 Similarity = Literal["cosine", "dot"]
+Precomputed = Sequence[tuple[tuple[str, ...], torch.Tensor]]  # pooled features: see pooled_embeddings
 
 
 class TwoTowerConfig(BaseModel):
@@ -100,9 +102,10 @@ class Tower(nn.Module):
             return self.mlp(KeyedTensor.regroup([pooled], [self.feature_names])[0])
         return self.mlp(pooled.values())
 
-    def embed_bags(self, bags: dict[str, Bag]) -> torch.Tensor:
-        """Inference: ``(B, tower_dims[-1])``, the same values as ``forward(to_kjt(bags))`` without the KJT."""
-        return self.mlp(pooled_embeddings(self.ebc, bags))
+    def embed_bags(self, bags: dict[str, Bag], precomputed: Precomputed = ()) -> torch.Tensor:
+        """Inference: ``(B, tower_dims[-1])``, the same values as ``forward(to_kjt(bags))`` without the KJT
+        (``precomputed``: see :func:`pooled_embeddings`)."""
+        return self.mlp(pooled_embeddings(self.ebc, bags, precomputed))
 
 
 class TwoTower(nn.Module):
@@ -125,9 +128,9 @@ class TwoTower(nn.Module):
         """Query embeddings ``(B, D)`` (unit length under cosine similarity)."""
         return self._finish(self.query_tower(features))
 
-    def query_bags(self, bags: dict[str, Bag]) -> torch.Tensor:
+    def query_bags(self, bags: dict[str, Bag], precomputed: Precomputed = ()) -> torch.Tensor:
         """Inference: :meth:`query` of ``to_kjt(bags)``, without building the KJT (see :func:`pooled_embeddings`)."""
-        return self._finish(self.query_tower.embed_bags(bags))
+        return self._finish(self.query_tower.embed_bags(bags, precomputed))
 
     def candidate(self, features: KeyedJaggedTensor) -> torch.Tensor:
         """Candidate embeddings ``(B, D)`` (unit length under cosine similarity)."""

@@ -17,6 +17,9 @@ from recstack.models.inputs import gather_ranges
 from recstack.policy.schema import AttributeMatch, Policy
 
 CATEGORY_ATTRIBUTE = "category"
+# Catalogs whose unit category matrix fits in this many bytes dense keep it dense for MMR (a row gather per
+# request instead of a CSR walk, ~40 us less); larger ones (many items x many categories) stay sparse.
+DENSE_UNIT_MAX_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -39,6 +42,7 @@ class PolicyCatalog:
     interactions: np.ndarray
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _unit: sp.csr_matrix | None = field(default=None, repr=False)
+    _unit_dense: np.ndarray | None = field(default=None, repr=False)
 
     def unit_categories(self, items: np.ndarray | list[int]) -> np.ndarray:
         """Dense ``(len(items), n_categories)`` float64 category vectors scaled to unit length (zero rows
@@ -48,9 +52,13 @@ class PolicyCatalog:
             norms = np.sqrt(np.asarray(v.multiply(v).sum(axis=1)).ravel())
             norms[norms == 0] = 1.0
             self._unit = (sp.diags(1 / norms) @ v).tocsr()
+            if self._unit.shape[0] * self._unit.shape[1] * 8 <= DENSE_UNIT_MAX_BYTES:
+                self._unit_dense = self._unit.toarray()
+        items = np.asarray(items, dtype=np.int64)
+        if self._unit_dense is not None:  # one gather: the same values as the CSR rows written out
+            return self._unit_dense[items]
         # Rows gathered straight from the CSR arrays: scipy's fancy row indexing costs ~0.3 ms a call.
         u = self._unit
-        items = np.asarray(items, dtype=np.int64)
         starts, lengths = u.indptr[items], u.indptr[items + 1] - u.indptr[items]
         out = np.zeros((len(items), u.shape[1]), dtype=np.float64)
         rows = np.repeat(np.arange(len(items)), lengths)

@@ -372,18 +372,19 @@ def sparse_bags(
     items: np.ndarray,
     last_item: np.ndarray,
     item_features: bool = True,
+    user_features: bool = True,
 ) -> dict[str, Bag]:
     """Sparse ranker features of ``B * N`` flattened pairs: user and item ids, attributes, the last item.
 
     Args:
         users: ``(B,)``; items: ``(B, N)``; last_item: ``(B,)`` the user's latest item (0 = none), a context
             feature: what the user just did says most about what comes next.
-        item_features: False leaves the items' own features out (a caller that has their pooled
-            embeddings already, see ``FunnelRanker.item_block``).
+        item_features / user_features: False leaves the items' / users' own features out (a caller that
+            has their pooled embeddings already: ``FunnelRanker.item_block`` / ``user_block``).
     """
     n = items.shape[1]
     # The user's features and last item are the same for all n of its pairs: one row each, repeated.
-    out = {name: single(arr[users], repeat=n) for name, arr in tables.users.single.items()}
+    out = tables.users.bags_for(users, repeat=n) if user_features else {}
     if item_features:
         out.update(tables.items.bags_for(items.ravel()))
     out[LAST_ITEM_FEATURE] = single(last_item, repeat=n)

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from recstack.models.artifact import ModelCard, load_card, load_weights
-from recstack.models.inputs import ItemFeatures, pooled_embeddings, single
+from recstack.models.inputs import PooledBlock, pooled_block
 from recstack.models.ranker import Ranker, RankerConfig
 from recstack.ranking.features import (
     ItemActivity,
@@ -95,6 +95,7 @@ def pair_inputs(
     state: HistoryBatch | None = None,
     activity: ItemActivity | None = None,
     item_features: bool = True,
+    user_features: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """Dense ``(B, N, F)`` and sparse bags (``B * N`` pairs) of users' candidate lists, point-in-time.
 
@@ -108,8 +109,8 @@ def pair_inputs(
             ``history_length``); default the snapshot in ``ctx.sequences``. Its latest event times are
             the default request times.
         activity: interactions with the items since the snapshot (online state), for the item features.
-        item_features: False leaves the candidates' own sparse features out of the bags (see
-            :func:`~recstack.ranking.features.sparse_bags`).
+        item_features / user_features: False leaves the candidates' / users' own sparse features out
+            of the bags (see :func:`~recstack.ranking.features.sparse_bags`).
     """
     if state is None:
         history = ctx.sequences.last(users, history_length)
@@ -121,7 +122,7 @@ def pair_inputs(
     if context_item is not None:
         history = append_items(history, context_item)
     dense = dense_features(ctx, users, items, scores, ranks, times, history, n_events, activity)
-    bags = sparse_bags(ctx.tables, users, items, last_items(*history), item_features)
+    bags = sparse_bags(ctx.tables, users, items, last_items(*history), item_features, user_features)
     return dense, bags
 
 
@@ -135,42 +136,6 @@ def append_items(history: tuple[np.ndarray, np.ndarray], items: np.ndarray) -> t
     return out.astype(values.dtype if len(values) else np.int64), lengths + add
 
 
-# Largest catalog block FunnelRanker pools up front (bytes, per process): 1M items of 5 features x 16 floats
-# take 320 MB; past this the candidates' features are looked up per request instead.
-ITEM_BLOCK_MAX_BYTES = 512 * 2**20
-ITEM_BLOCK_CHUNK = 65_536  # items pooled per lookup while building the block
-
-
-@torch.inference_mode()
-def item_block(ranker: Ranker, items: ItemFeatures) -> tuple[tuple[str, ...], torch.Tensor] | None:
-    """The ranker's item features pooled for every catalog item: ``(names, (n_items + 1, len(names) * D))``,
-    names in the ranker's feature order; None when they are not consecutive in it or the block would
-    pass ``ITEM_BLOCK_MAX_BYTES``.
-
-    A candidate's ids, attributes, categories and title tokens never change, so their pooled embeddings
-    are computed once here instead of in every request (bag building and five lookups: ~15 % of a
-    request's ranking). Each row is the same ``embedding`` / ``embedding_bag`` op on the same bag as a
-    request's lookup, so the same values bit for bit (tested).
-    """
-    order = list(ranker.config.sparse_features)
-    names = [n for n in order if n in items.bags_for(np.zeros(1, np.int64))]
-    first = order.index(names[0]) if names else 0
-    dim = ranker.config.embedding_dim
-    if not names or order[first : first + len(names)] != names:
-        return None
-    if items.n_items * len(names) * dim * 4 > ITEM_BLOCK_MAX_BYTES:
-        return None
-    ebc = ranker.dlrm.sparse_arch.embedding_bag_collection
-    parts = []
-    for start in range(0, items.n_items, ITEM_BLOCK_CHUNK):
-        chunk = np.arange(start, min(start + ITEM_BLOCK_CHUNK, items.n_items), dtype=np.int64)
-        bags = {n: single(np.zeros(len(chunk), np.int64)) for n in order}  # the others: looked up, dropped
-        bags.update(items.bags_for(chunk))
-        pooled = pooled_embeddings(ebc, bags)
-        parts.append(pooled[:, first * dim : (first + len(names)) * dim].clone())
-    return tuple(names), torch.cat(parts)
-
-
 @dataclass
 class FunnelRanker:
     """Retrieval (exact top-N over the catalog) then DLRM re-scoring of the N candidates."""
@@ -180,8 +145,9 @@ class FunnelRanker:
     card: ModelCard
     n_candidates: int
     layers: torch.jit.ScriptModule | None = None  # the ranker's dense layers, frozen (Ranker.frozen_layers)
-    # The candidates' own sparse features pooled once for the whole catalog: (names, (n_items + 1, len * D))
-    item_block: tuple[tuple[str, ...], torch.Tensor] | None = None
+    # The items' and known users' own sparse features, pooled once for the whole table (None: per request)
+    item_block: PooledBlock | None = None
+    user_block: PooledBlock | None = None
 
     @classmethod
     def load(
@@ -195,20 +161,27 @@ class FunnelRanker:
         model.load_state_dict(load_weights(ranker_dir))
         model.eval()
         n = n_candidates or int(card.training.get("n_candidates", 200))
-        block = item_block(model, retriever.tables.items) if retriever is not None else None
-        return cls(retriever, model, card, n, layers=model.frozen_layers(), item_block=block)
+        ebc = model.dlrm.sparse_arch.embedding_bag_collection
+        items, users = (retriever.tables.items, retriever.tables.users) if retriever else (None, None)
+        return cls(
+            retriever,
+            model,
+            card,
+            n,
+            layers=model.frozen_layers(),
+            item_block=pooled_block(ebc, items.bags_for, items.n_items) if items else None,
+            user_block=pooled_block(ebc, users.bags_for, users.n_users) if users else None,
+        )
 
     # inference_mode, not no_grad: no autograd bookkeeping at all, ~3 % of a request's model stages
     @torch.inference_mode()
-    def score_pairs(self, dense: np.ndarray, bags: dict, items: np.ndarray | None = None) -> np.ndarray:
-        """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``. ``items`` ``(M,)``: the pairs'
-        items, whose own features then come from :attr:`item_block` (``bags`` need not hold them)."""
+    def score_pairs(
+        self, dense: np.ndarray, bags: dict, precomputed: list[tuple[tuple[str, ...], torch.Tensor]] = ()
+    ) -> np.ndarray:
+        """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``; ``precomputed``: pooled features
+        of the pairs that ``bags`` leaves out (:meth:`PooledBlock.take`)."""
         if self.ranker.training:  # eval() walks every submodule: ~0.3 ms, too much per request
             self.ranker.eval()
-        precomputed = None
-        if items is not None and self.item_block is not None:
-            names, block = self.item_block
-            precomputed = (names, block[torch.from_numpy(items)])
         return self.ranker.score(torch.from_numpy(dense), bags, self.layers, precomputed).numpy()
 
     def score_candidates(
@@ -249,12 +222,17 @@ class FunnelRanker:
         sims = np.where(empty, np.where(np.isfinite(lowest), lowest, 0.0), sims)
         ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1), items.shape)
         length = self.retriever.config.history_length
-        blocked = self.item_block is not None
+        item_block, user_block = self.item_block, self.user_block
         dense, bags = pair_inputs(
-            ctx, users, items, sims, ranks, length, as_of, context_item, state, activity, not blocked
-        )
-        flat = items.ravel() if blocked else None
-        logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags, flat).reshape(items.shape)
+            ctx, users, items, sims, ranks, length, as_of, context_item, state, activity,
+            item_features=item_block is None, user_features=user_block is None,
+        )  # fmt: skip
+        precomputed = []
+        if user_block is not None:
+            precomputed.append(user_block.take(users, repeat=items.shape[1]))
+        if item_block is not None:
+            precomputed.append(item_block.take(items.ravel()))
+        logits = self.score_pairs(dense.reshape(-1, dense.shape[-1]), bags, precomputed).reshape(items.shape)
         logits[empty] = -np.inf
         return logits, dense
 

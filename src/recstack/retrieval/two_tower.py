@@ -15,7 +15,15 @@ import torch
 
 from recstack.evaluation.topk import topk
 from recstack.models.artifact import ModelCard, load_card, load_weights
-from recstack.models.inputs import FeatureTables, Sequences, query_bags
+from recstack.models.inputs import (
+    HISTORY_FEATURE,
+    FeatureTables,
+    PooledBlock,
+    Sequences,
+    pooled_block,
+    query_bags,
+    recency_bag,
+)
 from recstack.models.two_tower import TwoTower, TwoTowerConfig, item_embeddings
 
 
@@ -35,6 +43,7 @@ class TwoTowerRetriever:
     card: ModelCard
     tables: FeatureTables
     item_vectors: np.ndarray
+    user_block: PooledBlock | None = None  # known users' id and attributes pooled once (None: per request)
 
     @classmethod
     def load(cls, artifact_dir: str | Path, tables: FeatureTables) -> TwoTowerRetriever:
@@ -46,7 +55,8 @@ class TwoTowerRetriever:
         model.load_state_dict(load_weights(artifact_dir))
         model.eval()
         vectors = item_embeddings(model, tables.items).numpy().astype(np.float32)
-        return cls(model=model, card=card, tables=tables, item_vectors=vectors)
+        users = pooled_block(model.query_tower.ebc, tables.users.bags_for, tables.users.n_users)
+        return cls(model=model, card=card, tables=tables, item_vectors=vectors, user_block=users)
 
     @property
     def config(self) -> TwoTowerConfig:
@@ -56,8 +66,12 @@ class TwoTowerRetriever:
     @torch.inference_mode()
     def query_vectors(self, users: np.ndarray, history: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """``(B, D)`` query embeddings of ``users`` ``(B,)`` with the given histories (oldest first)."""
-        bags = query_bags(self.tables.users, users, history, self.config.history_decay)
-        return self.model.query_bags(bags).numpy()
+        if self.user_block is None:
+            bags = query_bags(self.tables.users, users, history, self.config.history_decay)
+            return self.model.query_bags(bags).numpy()
+        history_bag = recency_bag(history[0], history[1], self.config.history_decay)
+        bags = {HISTORY_FEATURE: history_bag}
+        return self.model.query_bags(bags, [self.user_block.take(users)]).numpy()
 
     def user_vectors(self, sequences: Sequences, users: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """``(B, D)`` query embeddings after every observed interaction of each user."""

@@ -200,6 +200,13 @@ class ServingConfig(_Strict):
         le=4096,
         description="most requests one retrieval or ranking batch takes from those waiting",
     )
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=50.0,
+        description="under concurrent load (another request of this worker in flight), a lane lets the "
+        "oldest waiting request wait up to this long for others to join its batch; 0 = take what waits",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:

@@ -162,12 +162,17 @@ class Recommender:
         self.config = config or bundle.config
         self.policy = policy or bundle.policy
         self.stages = Stages(bundle, self.config, item_activity=self._item_activity)
+        # recommend requests between their start and their response (the lanes' load signal). Counted on
+        # the event loop only (recommend_async), the service's path: one thread, no lock needed.
+        self._in_flight = 0
         self.lanes = StageLanes(
             self.stages,
             self.config.stage_threads,
             self.config.max_batch,
             # Queued requests run out of retrieval budget by then: past it, a busy thread counts as stuck.
             stall_s=self.config.budgets.retrieval_ms / 1000,
+            window_s=self.config.batch_window_ms / 1000,
+            in_flight=lambda: self._in_flight,
         )
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
@@ -284,11 +289,15 @@ class Recommender:
         """:meth:`recommend` for an event loop: the same request, awaiting the model stages instead of
         holding a thread (the service's endpoint: a blocked thread per waiting request cost ~1 ms of CPU
         per request in thread hand-offs at concurrency 8)."""
-        started = self._start(req)
-        if started.plan is not None:
-            cands, scores = await self._collect_async(started.plan, started.job)
-            started.response = self._finish(started.plan, cands, scores)
-        return self._done(started)
+        self._in_flight += 1
+        try:
+            started = self._start(req)
+            if started.plan is not None:
+                cands, scores = await self._collect_async(started.plan, started.job)
+                started.response = self._finish(started.plan, cands, scores)
+            return self._done(started)
+        finally:
+            self._in_flight -= 1
 
     def _start(self, req: RecommendRequest) -> _Started:
         """Check the request, then answer it from the cache, or plan it and submit its model work."""

@@ -77,6 +77,8 @@ class Job:
     retrieved: Future = field(default_factory=Future)
     ranked: Future = field(default_factory=Future)
     abandoned: bool = False  # the request stopped waiting: skip what is left
+    submitted: float = 0.0  # time.monotonic() when handed to the lanes
+    gathering: bool = False  # a lane holds it in a batching window (StageLanes._gather_s)
 
 
 class Stages:
@@ -353,12 +355,17 @@ class StageLanes:
         max_batch: int,
         stall_s: float = 0.05,
         standby: int = 1,
+        window_s: float = 0.0,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
+        """``window_s`` / ``in_flight``: the batching window, and how many requests the caller has in
+        flight (see :meth:`_gather_s`)."""
         self.stages = stages
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes
         self._metrics = metrics()
         self._threads_active, self._max_batch = threads, max_batch
         self._stall_s = stall_s
+        self._window_s, self._in_flight = window_s, in_flight
         self._queue: deque[Job] = deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -372,6 +379,7 @@ class StageLanes:
 
     def submit(self, job: Job) -> Job:
         with self._ready:
+            job.submitted = time.monotonic()
             self._queue.append(job)
             if self._may_work(time.monotonic()) is None:
                 self._ready.notify()
@@ -398,6 +406,29 @@ class StageLanes:
         fresh = [t for t in fresh if t > 0]
         return None if len(fresh) < self._threads_active else min(fresh)
 
+    def _gather_s(self, now: float) -> float | None:
+        """None to take the waiting jobs now, else how long to let them wait for more (the batching
+        window). Called with ``_ready`` held and jobs waiting.
+
+        A batch's model work costs far less per request than a request alone (at 200 candidates on
+        ML-100K: a batch of 2 ~27 % less, of 4 ~45 % less per request), so under load it pays to let the
+        oldest job wait up to ``window_s`` for others. Only while the caller has more requests in flight
+        than wait here (the others are being answered, so more are coming): a lone request never waits.
+        """
+        if self._window_s <= 0 or self._in_flight is None or len(self._queue) >= self._max_batch:
+            return None
+        oldest = self._queue[0]
+        left = oldest.submitted + self._window_s - now
+        if left <= 0:
+            return None
+        if not oldest.gathering:
+            # Opened once, under load, a window runs its course: the requests it waits for are the
+            # next ones, not yet in flight when it opened.
+            if self._in_flight() <= len(self._queue):
+                return None
+            oldest.gathering = True
+        return left
+
     def _stuck_ranking(self, w: _Worker, now: float) -> bool:
         return w.stage == "ranking" and now - w.batch_since > self._stall_s
 
@@ -407,9 +438,12 @@ class StageLanes:
                 while True:
                     if self._closed:
                         return
-                    wait_s = self._may_work(time.monotonic())
+                    now = time.monotonic()
+                    wait_s = self._may_work(now)
                     if wait_s is None and self._queue:
-                        break
+                        wait_s = self._gather_s(now)
+                        if wait_s is None:
+                            break
                     self._ready.wait(wait_s)  # None: until work is submitted
                 batch: list[Job] = []
                 while self._queue and len(batch) < self._max_batch:
