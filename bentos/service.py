@@ -31,8 +31,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
+from pathlib import Path
 from typing import Any
+
+# --- bento sources first (tests/service/test_export.py runs this block on its own)
+# In a bento, the recstack sources it was built with sit beside this file. Put them ahead of any other
+# recstack on the path: in the project's own environment an editable install of the working tree would
+# otherwise be imported, and serving an older bento from the store would run today's code. (From
+# bentos/ in a checkout there is no recstack folder here, and nothing changes.)
+_HERE = str(Path(__file__).resolve().parent)
+if Path(_HERE, "recstack", "__init__.py").is_file() and sys.path[:1] != [_HERE]:
+    sys.path.insert(0, _HERE)
+# --- end bento sources first
 
 import bentoml
 from starlette.responses import JSONResponse, Response

@@ -67,3 +67,34 @@ def test_none_writes_no_archive_and_clears_old_ones(tiny_bento: str, tmp_path: P
 def test_an_unknown_format_is_refused_by_name(bad) -> None:
     with pytest.raises(ValueError, match=r"package.export must be one of xz, gz, tar, none; got"):
         check_export(bad)
+
+
+def test_a_bento_serves_its_own_recstack_sources_before_an_installed_one(tmp_path: Path) -> None:
+    """bentos/service.py puts the recstack sources beside it (a built bento's) ahead of the path, so
+    serving an older bento in the project's environment, where an editable install of the working tree is
+    on the path, runs the code the bento was built with. Checked by running that block of service.py in a
+    fresh interpreter, in a folder laid out like a bento's sources."""
+    import subprocess
+    import sys
+
+    service = (Path(__file__).parents[2] / "bentos" / "service.py").read_text()
+    block = service[
+        service.index("# --- bento sources first") : service.index("# --- end bento sources first")
+    ]
+    (tmp_path / "recstack").mkdir()
+    (tmp_path / "recstack" / "__init__.py").write_text("BUILT_WITH = 'the bento'\n")
+    (tmp_path / "service.py").write_text(
+        "import sys\nfrom pathlib import Path\n" + block + "import recstack\nprint(recstack.BUILT_WITH)\n"
+    )
+    # Imported as a module from elsewhere, as BentoML's worker does: its folder is not on the path by itself.
+    load = [sys.executable, "-c", f"import runpy; runpy.run_path({str(tmp_path / 'service.py')!r})"]
+    run = subprocess.run(load, cwd="/", capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "the bento"
+    # Without a recstack folder beside it (bentos/ in a checkout), the installed package is imported.
+    (tmp_path / "recstack" / "__init__.py").unlink()
+    (tmp_path / "recstack").rmdir()
+    (tmp_path / "service.py").write_text(
+        "import sys\nfrom pathlib import Path\n" + block + "import recstack\nprint(recstack.__file__)\n"
+    )
+    run = subprocess.run(load, cwd="/", capture_output=True, text=True, check=True)
+    assert str(tmp_path) not in run.stdout and "recstack" in run.stdout
