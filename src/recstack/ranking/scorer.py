@@ -176,7 +176,7 @@ class FunnelRanker:
     # inference_mode, not no_grad: no autograd bookkeeping at all, ~3 % of a request's model stages
     @torch.inference_mode()
     def score_pairs(
-        self, dense: np.ndarray, bags: dict, precomputed: list[tuple[tuple[str, ...], torch.Tensor]] = ()
+        self, dense: np.ndarray, bags: dict, precomputed: Sequence[tuple[tuple[str, ...], torch.Tensor]] = ()
     ) -> np.ndarray:
         """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``; ``precomputed``: pooled features
         of the pairs that ``bags`` leaves out (:meth:`PooledBlock.take`)."""
@@ -224,9 +224,19 @@ class FunnelRanker:
         length = self.retriever.config.history_length
         item_block, user_block = self.item_block, self.user_block
         dense, bags = pair_inputs(
-            ctx, users, items, sims, ranks, length, as_of, context_item, state, activity,
-            item_features=item_block is None, user_features=user_block is None,
-        )  # fmt: skip
+            ctx,
+            users,
+            items,
+            sims,
+            ranks,
+            length,
+            as_of,
+            context_item,
+            state,
+            activity,
+            item_features=item_block is None,
+            user_features=user_block is None,
+        )
         precomputed = []
         if user_block is not None:
             precomputed.append(user_block.take(users, repeat=items.shape[1]))
