@@ -212,11 +212,12 @@ class Recommender:
         )
         self.deletions = EventLog(deletions) if deletions else None
         self.forgotten: set[str] = set()
+        self._applied_admin: set[str] = set()  # ids of operations this worker applied when accepting them
         # Every worker applies the operations any of them accepted (and, at start, the forgotten users).
         self._tailers = (
             [
-                Tailer(self.deletions.path, self._apply_admin, name="recstack-deletions"),
-                Tailer(self.log_dir / ADMIN_LOG, self._apply_admin, name="recstack-admin"),
+                Tailer(self.deletions.path, self._follow_admin, name="recstack-deletions"),
+                Tailer(self.log_dir / ADMIN_LOG, self._follow_admin, name="recstack-admin"),
             ]
             if self.log_dir and self.deletions
             else []
@@ -811,6 +812,7 @@ class Recommender:
         if self.deletions is None:
             raise RuntimeError("this recommender has no log directory: a deletion cannot be recorded")
         record = {"op": "forget", "user_id": user_id, "at": datetime.now(UTC).isoformat()}
+        record["id"] = self._own_admin_id()
         self.deletions.append(record)  # durable first: a crash now still forgets them at the next start
         if isinstance(self.online, RedisStore):
             self.online.forget(user_id)
@@ -839,7 +841,9 @@ class Recommender:
             return materialize(self.bundle, self.online.url, self.online.ns, feedback_log=log_path)
         start = time.perf_counter()
         self.online = open_store(self.config.online, self.bundle)
-        # The fresh store replays the log, then the deletion list (forgotten users stay forgotten).
+        # The fresh store replays the log, then the deletion list (forgotten users stay forgotten), this
+        # worker's own operations included.
+        self._applied_admin.clear()
         for t in (self.relay, *self._tailers[:1]):
             if t is not None:
                 t.offset = 0
@@ -847,9 +851,25 @@ class Recommender:
         return {"backend": "embedded", "seconds": round(time.perf_counter() - start, 3)}
 
     def _admin(self, record: dict[str, Any]) -> int:
-        record = {**record, "at": datetime.now(UTC).isoformat()}
+        record = {**record, "at": datetime.now(UTC).isoformat(), "id": self._own_admin_id()}
         if self.admin_log is not None:
             self.admin_log.append(record)
+        return self._apply_admin(record)
+
+    def _own_admin_id(self) -> str:
+        """A new operation id, remembered so this worker's log followers skip it (it applies it at once)."""
+        op_id = uuid.uuid4().hex
+        self._applied_admin.add(op_id)
+        return op_id
+
+    def _follow_admin(self, record: dict[str, Any]) -> int:
+        """An operation met in the shared logs: applied unless this worker applied it when accepting it.
+        Applied twice, a cache flush would also drop the answers cached since (up to the followers'
+        0.1 s later)."""
+        op_id = record.get("id")
+        if op_id is not None and op_id in self._applied_admin:
+            self._applied_admin.discard(op_id)
+            return 0
         return self._apply_admin(record)
 
     def _apply_admin(self, record: dict[str, Any]) -> int:
