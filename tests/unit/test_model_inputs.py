@@ -27,6 +27,27 @@ def test_recency_bag_weights_sum_to_one_and_favour_the_latest() -> None:
     assert bag.lengths.tolist() == [3, 0, 1]
 
 
+def test_recency_weights_from_the_row_cache_equal_the_batch_computation() -> None:
+    """A request's rows take their weights from a per-length cache; a batch computes them at once: the
+    same float32 values either way (each row's steps depend on its own length only)."""
+    from recstack.models import inputs
+
+    rng = np.random.default_rng(0)
+    for decay in (0.9, 0.5, 1.0):
+        for _ in range(20):
+            lengths = rng.integers(0, 120, size=int(rng.integers(0, 40)))
+            values = rng.integers(1, 50, size=int(lengths.sum()))
+            cached = recency_bag(values, lengths, decay)
+            assert len(lengths) <= inputs.RECENCY_ROWS_CACHED
+            np.testing.assert_array_equal(cached.weights, inputs._recency_weights(lengths, decay))
+            assert cached.weights.dtype == np.float32 and cached.weights.flags.writeable
+    big = rng.integers(0, 60, size=inputs.RECENCY_ROWS_CACHED + 1)
+    rows = [recency_bag(np.ones(n, np.int64), np.array([n]), 0.9).weights for n in big]
+    np.testing.assert_array_equal(
+        recency_bag(np.ones(big.sum(), np.int64), big, 0.9).weights, np.concatenate(rows)
+    )
+
+
 def test_mean_bag_and_kjt_layout() -> None:
     kjt = to_kjt(
         {"a": mean_bag(np.array([1, 2, 3]), np.array([2, 1])), "b": mean_bag(np.array([4]), np.array([1, 0]))}
@@ -147,8 +168,9 @@ def test_repeated_bags_expand_to_the_rows_they_stand_for_and_embed_the_same() ->
     written_out = {name: replace(bag.expanded(), single=False) for name, bag in repeated.items()}
     # A repeated bag and a single-valued row lookup give what the plain weighted bags give, bit for bit,
     # and what the EBC's own forward gives.
-    assert torch.equal(pooled_embeddings(ebc, repeated), pooled_embeddings(ebc, written_out))
-    assert torch.equal(pooled_embeddings(ebc, repeated), ebc(to_kjt(repeated)).values())
+    with torch.no_grad():
+        assert torch.equal(pooled_embeddings(ebc, repeated), pooled_embeddings(ebc, written_out))
+        assert torch.equal(pooled_embeddings(ebc, repeated), ebc(to_kjt(repeated)).values())
 
 
 def test_latest_items_are_each_historys_last_ones_newest_first_padded_with_zero() -> None:
@@ -194,3 +216,141 @@ def test_category_affinity_kernels_equal_the_numpy_steps(seed: int) -> None:
         np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
     with pytest.raises(IndexError, match="candidate item index out of range"):
         category_affinity(cats, values, lengths, np.full((1, 2), n_items))
+
+
+def _numpy_pair_columns(
+    scores, ranks, t, counts, first, last, seen, affinity, vectors, items, values, lengths, n_events
+):
+    """The numpy steps ``dense_features`` took before its compiled pass (the reference)."""
+    from recstack.kernels import NEVER_SEEN_DAYS
+    from recstack.ranking.features import RECENT_ITEMS, latest_items
+
+    def log_days(delta_us, seen):
+        return np.log1p(np.where(seen, np.maximum(delta_us, 0) / DAY_US, NEVER_SEEN_DAYS))
+
+    b, n = items.shape
+    recent = latest_items(values, lengths, RECENT_ITEMS)
+    sims = np.einsum("bnd,brd->bnr", vectors[items], vectors[recent])
+    valid = (recent > 0)[:, None, :]
+    sim_max = np.where(valid.any(axis=2), np.where(valid, sims, -1.0).max(axis=2), 0.0)
+    sim_mean = np.where(valid, sims, 0.0).sum(axis=2) / np.maximum(valid.sum(axis=2), 1)
+    cols = [
+        scores - scores.max(axis=1, keepdims=True),
+        np.log1p(ranks),
+        *np.log1p(counts).transpose(2, 0, 1),
+        log_days(t - first, seen),
+        log_days(t - last, seen),
+        affinity,
+        sim_max,
+        sim_mean,
+        np.broadcast_to(np.log1p(n_events).astype(np.float32)[:, None], (b, n)),
+    ]
+    return np.stack(cols, axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pair_features_kernel_equals_the_numpy_steps(seed: int) -> None:
+    """The compiled dense-feature pass gives the numpy steps' float32 values bit for bit (what the ranker
+    was trained on). Covered: empty histories, the unknown item among history and candidates, items never
+    seen (and the placeholder times that go with them), requests before an item's events, weighted
+    (float) counts, and broadcast (read-only, non-contiguous) inputs."""
+    from recstack.kernels import pair_features
+    from recstack.ranking.features import DENSE_FEATURES, RECENT_ITEMS, latest_items
+
+    rng = np.random.default_rng(seed)
+    for trial in range(25):
+        n_items, d = int(rng.integers(2, 400)), int(rng.choice([8, 16, 64]))
+        vectors = rng.normal(size=(n_items + 1, d)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors[0] = 0
+        b, n = int(rng.integers(1, 5)), int(rng.integers(1, 250))
+        lengths = rng.integers(0, 30, size=b).astype(np.int64)
+        values = rng.integers(0, n_items + 1, size=int(lengths.sum())).astype(np.int64)
+        items = rng.integers(0, n_items + 1, size=(b, n)).astype(np.int64)
+        scores = rng.normal(size=(b, n)).astype(np.float32)
+        ranks = np.broadcast_to(np.arange(1, n + 1), (b, n))
+        t = rng.integers(0, 100 * DAY_US, size=b).astype(np.int64)
+        counts = rng.integers(0, 5000, size=(b, n, 4)).astype(np.int64)
+        if trial % 2:
+            counts = counts * rng.uniform(0.5, 2.0, size=counts.shape)  # weighted (Redis daily counts)
+        first = rng.integers(-10 * DAY_US, 120 * DAY_US, size=(b, n)).astype(np.int64)
+        last = first + rng.integers(0, 10 * DAY_US, size=(b, n))
+        seen = rng.random((b, n)) < 0.8
+        affinity = rng.random((b, n))
+        n_events = rng.integers(0, 2000, size=b)
+        want = _numpy_pair_columns(
+            scores,
+            ranks,
+            t[:, None],
+            counts,
+            first,
+            last,
+            seen,
+            affinity,
+            vectors,
+            items,
+            values,
+            lengths,
+            n_events,
+        )
+        recent = latest_items(values, lengths, RECENT_ITEMS)
+        sims = np.einsum("bnd,brd->bnr", vectors[items], vectors[recent])
+        got = pair_features(
+            scores,
+            ranks,
+            t,
+            counts.astype(np.float64),
+            first,
+            last,
+            seen,
+            affinity,
+            sims,
+            recent,
+            n_events.astype(np.float64),
+        )
+        assert got.shape == want.shape == (b, n, len(DENSE_FEATURES)) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
+    empty = pair_features(
+        np.zeros((2, 0), np.float32),
+        np.zeros((2, 0), np.int64),
+        np.zeros(2, np.int64),
+        np.zeros((2, 0, 4)),
+        np.zeros((2, 0), np.int64),
+        np.zeros((2, 0), np.int64),
+        np.zeros((2, 0), bool),
+        np.zeros((2, 0)),
+        np.zeros((2, 0, RECENT_ITEMS), np.float32),
+        np.zeros((2, RECENT_ITEMS), np.int64),
+        np.zeros(2),
+    )
+    assert empty.shape == (2, 0, len(DENSE_FEATURES))
+
+
+def test_float32_sum_is_numpys_sum() -> None:
+    """numpy's pairwise summation order, for every row length up to its block, with signed zeros."""
+    from recstack.kernels import PAIRWISE_BLOCK, float32_sum
+
+    rng = np.random.default_rng(0)
+    for n in range(PAIRWISE_BLOCK + 1):
+        for _ in range(20):
+            x = (rng.normal(size=n) * 10.0 ** rng.integers(-8, 8, size=n)).astype(np.float32)
+            assert np.float32(float32_sum(x)).tobytes() == x.sum().tobytes(), n
+    for zeros in (np.full(3, -0.0, np.float32), np.full(12, -0.0, np.float32)):
+        assert np.float32(float32_sum(zeros)).tobytes() == zeros.sum().tobytes()
+    with pytest.raises(ValueError, match="up to 128"):
+        float32_sum(np.zeros(PAIRWISE_BLOCK + 1, np.float32))
+
+
+def test_dense_features_refuse_non_integer_request_times() -> None:
+    from recstack.ranking.features import dense_features
+
+    with pytest.raises(TypeError, match="as_of must hold integer times"):
+        dense_features(
+            None,
+            np.zeros(1, np.int64),
+            np.ones((1, 2), np.int64),
+            np.zeros((1, 2), np.float32),
+            np.ones((1, 2), np.int64),
+            np.array([1.5]),
+            (np.zeros(0, np.int64), np.zeros(1, np.int64)),
+        )

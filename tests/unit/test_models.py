@@ -47,7 +47,10 @@ def test_towers_give_unit_vectors_under_cosine_and_logits_all_pairs(small_featur
     assert logits.shape == (3, 5)
     assert torch.allclose(model.query(q).norm(dim=1), torch.ones(3), atol=1e-5)
     # The service's KJT-free path gives exactly the training path's vectors.
-    assert torch.equal(model.query_bags(query_bags(tables.users, users, history, 0.9)), model.query(q))
+    with torch.no_grad():
+        assert torch.equal(model.query_bags(query_bags(tables.users, users, history, 0.9)), model.query(q))
+    with pytest.raises(RuntimeError, match="inference only"):  # gradients would not flow through it
+        model.query_bags(query_bags(tables.users, users, history, 0.9))
     dot = _tiny_two_tower(tables, "dot").eval()
     assert not torch.allclose(dot.candidate(c).norm(dim=1), torch.ones(5))
 
@@ -136,9 +139,9 @@ def test_artifacts_carry_what_serving_needs(trained: dict[str, Path]) -> None:
 def test_funnel_and_retriever_score_with_pooled_blocks_and_frozen_layers_bit_for_bit(
     small_features: Path, trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tables' pooled static features (``item_block``, ``user_block``) and the frozen dense layers are
-    what the per-request lookups and the modules compute: the same logits, features and query vectors,
-    for batches of users."""
+    """The tables' pooled static features (``item_block``, ``user_block``), the frozen dense layers and the
+    frozen query head are what the per-request lookups and the modules compute: the same logits, features
+    and query vectors, for batches of users; freezing leaves the models in eval mode."""
     from dataclasses import replace
 
     from recstack.models import inputs
@@ -168,8 +171,9 @@ def test_funnel_and_retriever_score_with_pooled_blocks_and_frozen_layers_bit_for
         history = seq.last(users, retriever.config.history_length)
         np.testing.assert_array_equal(
             retriever.query_vectors(users, history),
-            replace(retriever, user_block=None).query_vectors(users, history),
+            replace(retriever, user_block=None, head=None).query_vectors(users, history),
         )
+    assert retriever.head is not None and not retriever.model.training and not funnel.ranker.training
     # A table past the memory bound keeps the per-request lookups.
     ebc = funnel.ranker.dlrm.sparse_arch.embedding_bag_collection
     monkeypatch.setattr(inputs, "POOLED_BLOCK_MAX_BYTES", funnel.item_block.rows.numel() * 4 - 1)

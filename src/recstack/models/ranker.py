@@ -14,13 +14,13 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
 from torchrec.models.dlrm import DLRM, DLRM_DCN
 
-from recstack.models.inputs import Bag, pooled_embeddings
+from recstack.models.frozen import freeze
+from recstack.models.inputs import Bag, BlockRows, pooled_embeddings
 
 # Pairs per pass through the dense layers at inference. Their cost per pair is flat up to ~800 pairs and
 # ~4x higher at 1600 on this machine (the activations outgrow the core's cache), and the funnel scores
 # 200 candidates per user: one request is 200 pairs, an offline batch of users tens of thousands.
 INFERENCE_CHUNK_PAIRS = 512
-FROZEN_WARMUP_RUNS = 3  # TorchScript's profiling runs of a frozen graph, done before it serves
 
 
 class RankerConfig(BaseModel):
@@ -108,7 +108,7 @@ class Ranker(nn.Module):
         dense: torch.Tensor,
         bags: dict[str, Bag],
         layers: torch.jit.ScriptModule | None = None,
-        precomputed: Sequence[tuple[tuple[str, ...], torch.Tensor]] = (),
+        precomputed: Sequence[BlockRows] = (),
     ) -> torch.Tensor:
         """Inference: logits ``(B,)`` of dense ``(B, F)`` raw features and the sparse features as bags.
 
@@ -125,33 +125,15 @@ class Ranker(nn.Module):
         return self._head(self._standardize(dense), embedded, layers)
 
     def frozen_layers(self) -> torch.jit.ScriptModule:
-        """The layers after the embedding lookups (dense arch, interaction, over arch) traced and frozen
-        with ``torch.jit.freeze``: ``(dense (B, F) standardized, embedded (B, n_sparse, D)) -> (B, 1)``.
-
-        For inference on weights that no longer change (a loaded artifact): the graph holds a copy of
-        them. The same aten ops on the same weights, so the same logits bit for bit (tested for many batch
-        sizes against the modules), at ~60 % of the modules' cost for a request's 200 pairs: TorchRec's
-        nested modules spent more time in Python per call than in their matrix products. The trace
-        reads the batch size from its input (``aten::size``), so one graph serves every batch size.
-        """
+        """The layers after the embedding lookups (dense arch, interaction, over arch) as a frozen graph
+        (:func:`recstack.models.frozen.freeze`): ``(dense (B, F) standardized, embedded (B, n_sparse, D))
+        -> (B, 1)``, the same logits bit for bit (tested for many batch sizes against the modules) at
+        ~60 % of the modules' cost for a request's 200 pairs."""
         example = (
             torch.zeros(2, len(self.config.dense_features)),
             torch.zeros(2, len(self.config.sparse_features), self.config.embedding_dim),
         )
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode(False), torch.no_grad():
-                traced = torch.jit.trace(_DenseLayers(self.dlrm), example, check_trace=False)
-                frozen = torch.jit.freeze(traced.eval())
-            # TorchScript profiles a graph's first runs and optimizes it after them: ~45 ms, then ~4 ms,
-            # where later runs take under 1 ms. Run those here, not in a request (a ranking budget).
-            with torch.inference_mode():
-                for _ in range(FROZEN_WARMUP_RUNS):
-                    frozen(*example)
-            return frozen
-        finally:
-            self.train(was_training)
+        return freeze(_DenseLayers(self.dlrm), example)
 
     def _standardize(self, dense: torch.Tensor) -> torch.Tensor:
         return (dense - self.dense_mean) / self.dense_std

@@ -17,13 +17,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor, PoolingType
 
-from recstack.models.inputs import Bag, pooled_embeddings
+from recstack.models.frozen import freeze
+from recstack.models.inputs import Bag, BlockRows, pooled_embeddings
 
 if TYPE_CHECKING:
     from recstack.models.inputs import ItemFeatures
 
 Similarity = Literal["cosine", "dot"]
-Precomputed = Sequence[tuple[tuple[str, ...], torch.Tensor]]  # pooled features: see pooled_embeddings
+Precomputed = Sequence[BlockRows]  # pooled features: see pooled_embeddings
 
 
 class TwoTowerConfig(BaseModel):
@@ -128,9 +129,20 @@ class TwoTower(nn.Module):
         """Query embeddings ``(B, D)`` (unit length under cosine similarity)."""
         return self._finish(self.query_tower(features))
 
-    def query_bags(self, bags: dict[str, Bag], precomputed: Precomputed = ()) -> torch.Tensor:
-        """Inference: :meth:`query` of ``to_kjt(bags)``, without building the KJT (see :func:`pooled_embeddings`)."""
+    def query_bags(
+        self, bags: dict[str, Bag], precomputed: Precomputed = (), head: torch.jit.ScriptModule | None = None
+    ) -> torch.Tensor:
+        """Inference: :meth:`query` of ``to_kjt(bags)``, without building the KJT (see :func:`pooled_embeddings`);
+        ``head``: :meth:`frozen_query_head` (the same vectors, faster), else the modules."""
+        if head is not None:
+            return head(pooled_embeddings(self.query_tower.ebc, bags, precomputed))
         return self._finish(self.query_tower.embed_bags(bags, precomputed))
+
+    def frozen_query_head(self) -> torch.jit.ScriptModule:
+        """The query tower after its lookups (its MLP, then unit length under cosine) as a frozen graph
+        (:func:`recstack.models.frozen.freeze`): pooled ``(B, n_features * D)`` -> ``(B, D_out)``."""
+        width = self.config.embedding_dim * len(self.config.query_features)
+        return freeze(_QueryHead(self), (torch.zeros(2, width),))
 
     def candidate(self, features: KeyedJaggedTensor) -> torch.Tensor:
         """Candidate embeddings ``(B, D)`` (unit length under cosine similarity)."""
@@ -139,6 +151,17 @@ class TwoTower(nn.Module):
     def forward(self, query: KeyedJaggedTensor, candidate: KeyedJaggedTensor) -> torch.Tensor:
         """Logits ``(B_q, B_c)``: every query against every candidate, divided by the temperature."""
         return self.query(query) @ self.candidate(candidate).T / self.config.temperature
+
+
+class _QueryHead(nn.Module):
+    """What :meth:`TwoTower.frozen_query_head` traces: the query MLP and the similarity's finish."""
+
+    def __init__(self, model: TwoTower) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.model._finish(self.model.query_tower.mlp(pooled))
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ Dense features (``DENSE_FEATURES``, in this order):
 * ``retrieval_score_gap``: two-tower similarity minus the user's best candidate's; ``retrieval_log_rank``: log1p of its rank in the user's list.
 * ``pop_{1,7,30}d``, ``pop_all``: log1p interaction counts of the item in trailing windows before as_of.
 * ``days_since_first`` / ``days_since_last``: log1p days since the item's first / latest interaction before
-  as_of (a proxy for age and for being "in the air"); items never seen get ``NEVER_SEEN_DAYS``.
+  as_of (a proxy for age and for being "in the air"); items never seen get ``recstack.kernels.NEVER_SEEN_DAYS``.
 * ``category_affinity``: share of the user's history whose categories the item shares (cosine of the
   user's category distribution and the item's multi-hot categories).
 * ``history_sim_max`` / ``history_sim_mean``: cosine between the item's two-tower vector and the vectors of
@@ -26,14 +26,18 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from recstack.kernels import category_dots, category_sums, timeline_stats
+from recstack.kernels import (
+    DAY_US,
+    category_dots,
+    category_sums,
+    pair_features,
+    timeline_stats,
+)
 from recstack.models.inputs import Bag, FeatureTables, Sequences, range_positions, single
 
-DAY_US = 86_400_000_000
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
 RECENT_ITEMS = 10  # history items compared with the candidate: the latest ones say most about "next"
 BULK_EVENTS = 100_000  # timelines of at least this many events are sorted by Polars (see from_events)
-NEVER_SEEN_DAYS = 10_000.0  # "infinitely old / never interacted" on the log scale, without NaNs
 DENSE_FEATURES: tuple[str, ...] = (
     "retrieval_score_gap",
     "retrieval_log_rank",
@@ -142,12 +146,20 @@ class ItemTimeline:
         searches walk a 12 MB key array (1M items) with a cache miss per step, an item's own range is a
         few events.
         """
-        shape = np.broadcast_shapes(np.shape(items), np.shape(as_of))
-        flat_items = np.ascontiguousarray(np.broadcast_to(items, shape), dtype=np.int64).ravel()
-        flat_t = np.ascontiguousarray(np.broadcast_to(as_of, shape), dtype=np.int64).ravel()
+        items, as_of = np.asarray(items), np.asarray(as_of)
+        if items.ndim == 2 and as_of.shape == (len(items), 1):  # a batch's candidates, a time per row
+            shape, per_time = items.shape, items.shape[1]
+            flat_items = np.ascontiguousarray(items, dtype=np.int64).ravel()
+            flat_t = np.ascontiguousarray(as_of, dtype=np.int64).ravel()
+        else:
+            shape, per_time = np.broadcast_shapes(items.shape, as_of.shape), 1
+            flat_items = np.ascontiguousarray(np.broadcast_to(items, shape), dtype=np.int64).ravel()
+            flat_t = np.ascontiguousarray(np.broadcast_to(as_of, shape), dtype=np.int64).ravel()
         windows_us = np.array([w * DAY_US for w in windows_days], dtype=np.int64)
         starts, times = (np.ascontiguousarray(a, dtype=np.int64) for a in (self.starts, self.times))
-        counts, first, last, seen = timeline_stats(starts, times, flat_items, flat_t, windows_us)
+        counts, first, last, seen = timeline_stats(
+            starts, times, flat_items, flat_t, windows_us, max(per_time, 1)
+        )
         return (
             counts.reshape(*shape, len(windows_days) + 1),
             first.reshape(shape),
@@ -242,11 +254,6 @@ class RankingContext:
         )
 
 
-def _log_days(delta_us: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    days = np.where(seen, np.maximum(delta_us, 0) / DAY_US, NEVER_SEEN_DAYS)
-    return np.log1p(days)
-
-
 def _category_entries(cats: sp.csr_matrix, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stored entries of ``items``' rows: ``(row of items, column, value)``, each ``(nnz,)``."""
     starts = cats.indptr[items]
@@ -332,8 +339,15 @@ def dense_features(
             (the service passes its online state's, which feedback keeps growing).
         activity: the items' interactions since the snapshot (the service's online state), added to the
             snapshot's popularity and recency features.
+
+    The popularity and category sums run compiled (see :meth:`ItemTimeline.stats` and
+    :func:`category_affinity`), then the columns come from one compiled pass
+    (:func:`recstack.kernels.pair_features`).
     """
-    b, n = items.shape
+    as_of = np.asarray(as_of)
+    if not np.issubdtype(as_of.dtype, np.integer):
+        raise TypeError(f"as_of must hold integer times (us), got {as_of.dtype}")
+    as_of = as_of.astype(np.int64, copy=False)
     t = as_of[:, None]
     stats = ctx.timeline.stats(items, t, POPULARITY_WINDOWS_DAYS)
     if activity is not None and len(activity):
@@ -341,29 +355,24 @@ def dense_features(
     counts, first, last, seen = stats
     values, lengths = history
     affinity = category_affinity(ctx.item_categories, values, lengths, items)
+    n_events = ctx.sequences.lengths()[users] if n_events is None else n_events
     recent = latest_items(values, lengths, RECENT_ITEMS)
-    cand = ctx.item_vectors[items]  # (B, N, D)
-    hist = ctx.item_vectors[recent]  # (B, R, D)
-    sims = np.einsum("bnd,brd->bnr", cand, hist)
-    valid = (recent > 0)[:, None, :]
-    sim_max = np.where(valid, sims, -1.0).max(axis=2)
-    sim_max = np.where(valid.any(axis=2), sim_max, 0.0)
-    sim_mean = np.where(valid, sims, 0.0).sum(axis=2) / np.maximum(valid.sum(axis=2), 1)
-    n_hist = np.log1p(ctx.sequences.lengths()[users] if n_events is None else n_events).astype(np.float32)
-    cols = [
-        # Gap to the best candidate's score rather than the raw score: the ranker is trained on one
-        # retriever's lists and applied to a refitted one's, whose scores sit on a different scale.
-        scores - scores.max(axis=1, keepdims=True),
-        np.log1p(ranks),
-        *np.log1p(counts).transpose(2, 0, 1),
-        _log_days(t - first, seen),
-        _log_days(t - last, seen),
+    # numpy's einsum, not a compiled loop: its summation order (SIMD lanes) is what the ranker was trained
+    # on, and sharded training amplified a last-bit change of it into different embedding weights.
+    sims = np.einsum("bnd,brd->bnr", ctx.item_vectors[items], ctx.item_vectors[recent])
+    return pair_features(
+        np.asarray(scores, dtype=np.float32),
+        np.asarray(ranks, dtype=np.int64),
+        as_of,
+        counts.astype(np.float64, copy=False),
+        first,
+        last,
+        seen,
         affinity,
-        sim_max,
-        sim_mean,
-        np.broadcast_to(n_hist[:, None], (b, n)),
-    ]
-    return np.stack(cols, axis=-1).astype(np.float32)
+        sims,
+        np.asarray(recent, dtype=np.int64),
+        np.asarray(n_events, dtype=np.float64),
+    )
 
 
 def sparse_bags(

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from recstack.models.artifact import ModelCard, load_card, load_weights
-from recstack.models.inputs import PooledBlock, pooled_block
+from recstack.models.inputs import BlockRows, PooledBlock, pooled_block
 from recstack.models.ranker import Ranker, RankerConfig
 from recstack.ranking.features import (
     ItemActivity,
@@ -175,9 +175,7 @@ class FunnelRanker:
 
     # inference_mode, not no_grad: no autograd bookkeeping at all, ~3 % of a request's model stages
     @torch.inference_mode()
-    def score_pairs(
-        self, dense: np.ndarray, bags: dict, precomputed: Sequence[tuple[tuple[str, ...], torch.Tensor]] = ()
-    ) -> np.ndarray:
+    def score_pairs(self, dense: np.ndarray, bags: dict, precomputed: Sequence[BlockRows] = ()) -> np.ndarray:
         """Ranker logits of flattened pairs: dense ``(M, F)`` -> ``(M,)``; ``precomputed``: pooled features
         of the pairs that ``bags`` leaves out (:meth:`PooledBlock.take`)."""
         if self.ranker.training:  # eval() walks every submodule: ~0.3 ms, too much per request

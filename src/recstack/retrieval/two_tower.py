@@ -44,6 +44,7 @@ class TwoTowerRetriever:
     tables: FeatureTables
     item_vectors: np.ndarray
     user_block: PooledBlock | None = None  # known users' id and attributes pooled once (None: per request)
+    head: torch.jit.ScriptModule | None = None  # the query tower's MLP, frozen (None: the modules)
 
     @classmethod
     def load(cls, artifact_dir: str | Path, tables: FeatureTables) -> TwoTowerRetriever:
@@ -56,7 +57,14 @@ class TwoTowerRetriever:
         model.eval()
         vectors = item_embeddings(model, tables.items).numpy().astype(np.float32)
         users = pooled_block(model.query_tower.ebc, tables.users.bags_for, tables.users.n_users)
-        return cls(model=model, card=card, tables=tables, item_vectors=vectors, user_block=users)
+        return cls(
+            model=model,
+            card=card,
+            tables=tables,
+            item_vectors=vectors,
+            user_block=users,
+            head=model.frozen_query_head(),
+        )
 
     @property
     def config(self) -> TwoTowerConfig:
@@ -68,10 +76,10 @@ class TwoTowerRetriever:
         """``(B, D)`` query embeddings of ``users`` ``(B,)`` with the given histories (oldest first)."""
         if self.user_block is None:
             bags = query_bags(self.tables.users, users, history, self.config.history_decay)
-            return self.model.query_bags(bags).numpy()
+            return self.model.query_bags(bags, head=self.head).numpy()
         history_bag = recency_bag(history[0], history[1], self.config.history_decay)
         bags = {HISTORY_FEATURE: history_bag}
-        return self.model.query_bags(bags, [self.user_block.take(users)]).numpy()
+        return self.model.query_bags(bags, [self.user_block.take(users)], self.head).numpy()
 
     def user_vectors(self, sequences: Sequences, users: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """``(B, D)`` query embeddings after every observed interaction of each user."""
