@@ -331,3 +331,13 @@ def test_engagements_raise_the_items_online_popularity(online_engine: Recommende
     assert (counts[0, 0] - snap[0][0, 0]).tolist() == [5] * (len(POPULARITY_WINDOWS_DAYS) + 1)
     assert (counts[0, 1] == snap[0][0, 1]).all()  # the other item is untouched
     assert seen[0, 0] and last[0, 0] > snap[2][0, 0]
+
+
+def test_distinct_is_numpys_unique() -> None:
+    from recstack.online.store import distinct
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 5, 300):
+        values = rng.integers(0, 40, size=n).astype(np.int64)
+        got, want = distinct(values), np.unique(values)
+        assert got.dtype == want.dtype and got.tolist() == want.tolist()

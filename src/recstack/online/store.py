@@ -63,11 +63,20 @@ class UserHistory:
 
     def seen(self) -> np.ndarray:
         """Sorted distinct items (what ``filter_seen`` removes and retrieval excludes)."""
-        return np.unique(self.items)
+        return distinct(self.items)
 
     def last_time(self) -> int:
         """Time of the latest event (us), -1 when there is none."""
         return int(self.times.max()) if len(self.times) else -1
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` of a 1-d array (sorted distinct values), by a sort: numpy 2.3's hash-based
+    unique costs ~14 us on a request's few hundred items, the sort ~6 us."""
+    out = np.sort(values)
+    if len(out) > 1:
+        out = out[np.concatenate(([True], out[1:] != out[:-1]))]
+    return out
 
 
 def snapshot_history(snapshot: Sequences, user: int) -> UserHistory:

@@ -127,12 +127,23 @@ def _filter(policy: Policy, cat: PolicyCatalog, req: Request, items: np.ndarray)
     for rule in policy.exclude:
         for it in items[cat.matches(rule, items)]:
             out.setdefault(int(it), f"excluded: {rule.attribute} in {rule.values}")
-    for i in items.tolist():
-        if policy.filter_seen and i in req.seen:
-            out.setdefault(i, "already seen")
-        elif i in excluded:
-            out.setdefault(i, "excluded item")
-        elif req.region is not None:
+    # Per item the first reason that applies: seen, then excluded, then region (earlier rules' stay).
+    # Each check is its own pass over the few that can match (a request's 200 candidates went through all
+    # three checks one by one: ~0.1 ms).
+    seen = req.seen if policy.filter_seen else frozenset()
+    listed = items.tolist()
+    if seen:
+        for i in listed:
+            if i in seen:
+                out.setdefault(i, "already seen")
+    if excluded:
+        for i in listed:
+            if i in excluded and i not in seen:
+                out.setdefault(i, "excluded item")
+    if req.region is not None and policy.available_regions:
+        for i in listed:
+            if i in seen or i in excluded:
+                continue
             regions = policy.available_regions.get(str(cat.item_ids[i]))
             if regions is not None and req.region not in regions:
                 out.setdefault(i, f"not available in region {req.region}")
@@ -201,10 +212,11 @@ def rerank(
                 f"fresh (< {policy.freshness.max_age_days:g} days) x{policy.freshness.factor}"
             )
     # .tolist() gives Python ints and floats in one C call (a comprehension over numpy scalars is 5x slower).
-    relevance = dict(zip(items.tolist(), rel.tolist(), strict=True))
-    base_score = dict(zip(items.tolist(), scores.tolist(), strict=True))
+    listed = items.tolist()
+    relevance = dict(zip(listed, rel.tolist(), strict=True))
+    base_score = dict(zip(listed, scores.tolist(), strict=True))
     order = items[np.argsort(-rel, kind="stable")].tolist()
-    before = {i: p for p, i in enumerate(order)}
+    before = dict(zip(order, range(len(order))))  # item -> position before diversity
     d = policy.diversity
     if d is not None and d.method == "mmr" and order:
         order = _mmr(order, relevance, catalog, d.lambda_, d.window, request.k)
@@ -226,7 +238,7 @@ def rerank(
         for p, i in enumerate(order[: request.k]):
             if p != before[i]:
                 actions.setdefault(i, []).append(f"mmr: {before[i] + 1} -> {p + 1}")
-    sources = dict.fromkeys(order, source)
+    sources: dict[int, str] = {}  # items found other than by ``source`` (exploration, pins, sponsored)
     top = order[: request.k]
     e = policy.exploration
     if e is not None and e.fraction > 0 and request.k >= e.start_position:

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recstack.online.store import snapshot_history
+from recstack.online.store import distinct, snapshot_history
 from recstack.ranking.features import ItemActivity
 from recstack.ranking.scorer import HistoryBatch, append_items, latest_time
 from recstack.retrieval.index import search
@@ -75,6 +75,7 @@ class Job:
     features: np.ndarray | None = None  # (N, F) the ranker's dense features of the candidates, once ranked
     state: tuple | None = None  # HistoryBatch.row of the user's history, once read (retrieval and ranking)
     retrieved: Future = field(default_factory=Future)
+    retrieved_at: float = 0.0  # time.perf_counter() when the lane settled ``retrieved`` (0: not yet)
     ranked: Future = field(default_factory=Future)
     abandoned: bool = False  # the request stopped waiting: skip what is left
     submitted: float = 0.0  # time.monotonic() when handed to the lanes
@@ -241,7 +242,7 @@ class Stages:
                     for j, t in zip(jobs, state.last_time, strict=True)
                 ]
             )
-        activity = self.item_activity(np.unique(items[items > 0])) if self.item_activity else None
+        activity = self.item_activity(distinct(items[items > 0])) if self.item_activity else None
         logits, dense = b.funnel.score_with_features(
             b.ranking_context,
             users,
@@ -275,6 +276,9 @@ def run_retrieval(stages: Stages, batch: list[Job]) -> list[Job]:
     no waiter is left hanging.
     """
     for jobs, result in _isolated(batch, stages.retrieve):
+        done_at = time.perf_counter()
+        for job in jobs:
+            job.retrieved_at = done_at
         if isinstance(result, BaseException):
             for job in jobs:
                 _settle(job.retrieved, error=result)
