@@ -52,7 +52,7 @@ from starlette.responses import JSONResponse, Response
 from recstack.online.store import OnlineStateUnavailable
 from recstack.serving.auth import Refusal, check_admin, check_api_key
 from recstack.serving.engine import Recommender, RequestError
-from recstack.serving.middleware import BodyLimit
+from recstack.serving.middleware import BodyLimit, InFlight
 from recstack.serving.schemas import (
     FeedbackAck,
     FeedbackEvent,
@@ -107,12 +107,14 @@ class Recstack:
     def _load(path: str) -> Recommender:
         overrides = os.environ.get("RECSTACK_SERVING_OVERRIDES")
         splits = os.environ.get("RECSTACK_SNAPSHOT_SPLITS")  # e.g. "train,valid" for replays of "test"
-        return Recommender.load(
+        engine = Recommender.load(
             path,
             log_dir=os.environ.get("RECSTACK_LOG_DIR", "recstack-logs"),
             overrides=json.loads(overrides) if overrides else None,
             splits=tuple(s.strip() for s in splits.split(",")) if splits else None,
         )
+        engine.requests_in_flight = lambda: InFlight.count
+        return engine
 
     def _current(self) -> Recommender:
         """The engine; after an admin reload (asked of any worker), a new one is loaded in the background
@@ -213,3 +215,4 @@ class Recstack:
 
 
 Recstack.add_asgi_middleware(BodyLimit)  # 413 before an oversized body is read
+Recstack.add_asgi_middleware(InFlight)  # recommend requests held by the worker: the batching window's signal

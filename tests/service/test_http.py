@@ -176,3 +176,31 @@ def test_generated_input_never_gets_a_5xx(service_client, case) -> None:
     assert r.status_code < 500, (route, body, r.text)
     if r.status_code >= 400:
         assert "error" in r.text
+
+
+def test_in_flight_counts_recommend_requests_while_the_worker_holds_them(service_client) -> None:
+    """The batching window's signal: a recommend request counts from the app's first call to its
+    response, other routes never, and a request that fails inside still leaves the count."""
+    import asyncio
+
+    from recstack.serving.middleware import InFlight
+
+    seen: list[int] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(InFlight.count)
+        if scope["path"] == "/recommend" and scope.get("fail"):
+            raise RuntimeError("inside the app")
+
+    counted = InFlight(app)
+    before = InFlight.count
+    asyncio.run(counted({"type": "http", "path": "/recommend"}, None, None))
+    asyncio.run(counted({"type": "http", "path": "/feedback"}, None, None))
+    try:
+        asyncio.run(counted({"type": "http", "path": "/recommend", "fail": True}, None, None))
+    except RuntimeError:
+        pass
+    assert seen == [before + 1, before, before + 1] and InFlight.count == before
+    # Served: the count is back to where it was once the responses are sent.
+    assert service_client.post("/recommend", json={"user_id": "1", "k": 5}).status_code == 200
+    assert InFlight.count == before

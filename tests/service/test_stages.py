@@ -134,9 +134,9 @@ def test_under_load_the_batching_window_gathers_jobs_and_a_lone_job_does_not_wai
         lanes.close()
 
 
-def test_the_batching_window_is_off_by_default_and_bounded(recommender: Recommender) -> None:
+def test_the_batching_window_is_short_by_default_and_bounded(recommender: Recommender) -> None:
     from recstack.serving.config import ServingConfig, ServingConfigError, load_serving_config
 
-    assert ServingConfig().batch_window_ms == 0
+    assert ServingConfig().batch_window_ms == 3.0
     with pytest.raises(ServingConfigError, match="batch_window_ms"):
         load_serving_config({**recommender.config.model_dump(by_alias=True), "batch_window_ms": 500})

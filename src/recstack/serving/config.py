@@ -201,11 +201,12 @@ class ServingConfig(_Strict):
         description="most requests one retrieval or ranking batch takes from those waiting",
     )
     batch_window_ms: float = Field(
-        0.0,
+        3.0,
         ge=0.0,
         le=50.0,
-        description="under concurrent load (another request of this worker in flight), a lane lets the "
-        "oldest waiting request wait up to this long for others to join its batch; 0 = take what waits",
+        description="under concurrent load (another recommend request held by this worker: being read, "
+        "waiting or being answered), a lane lets the oldest waiting request wait up to this long for "
+        "others to join its batch; a lone request never waits; 0 = take what waits",
     )
 
     @model_validator(mode="after")

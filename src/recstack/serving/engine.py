@@ -170,6 +170,9 @@ class Recommender:
         # recommend requests between their start and their response (the lanes' load signal). Counted on
         # the event loop only (recommend_async), the service's path: one thread, no lock needed.
         self._in_flight = 0
+        # The HTTP server's own count of recommend requests held (recstack.serving.middleware.InFlight),
+        # set by the service: it also sees the requests still being read and parsed.
+        self.requests_in_flight: Callable[[], int] | None = None
         self.lanes = StageLanes(
             self.stages,
             self.config.stage_threads,
@@ -177,7 +180,7 @@ class Recommender:
             # Queued requests run out of retrieval budget by then: past it, a busy thread counts as stuck.
             stall_s=self.config.budgets.retrieval_ms / 1000,
             window_s=self.config.batch_window_ms / 1000,
-            in_flight=lambda: self._in_flight,
+            in_flight=self._requests_held,
         )
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
@@ -281,6 +284,12 @@ class Recommender:
         variant = assign(experiment, req.user_id) if experiment else None
         seed = req.seed if req.seed is not None else stable_hash(req.user_id, req.surface) >> 1
         return (experiment.id if experiment else None), variant, seed
+
+    def _requests_held(self) -> int:
+        """recommend requests this worker holds: the engine's own count, or the HTTP server's (which also
+        counts those not yet parsed) when the service gave it."""
+        held = self.requests_in_flight() if self.requests_in_flight is not None else 0
+        return max(self._in_flight, held)
 
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Answer one request, blocking the calling thread while the model stages run. Raises

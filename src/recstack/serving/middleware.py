@@ -1,5 +1,6 @@
 """ASGI middleware of the service: requests with bodies too large for any valid input get 413 before
-they are read into memory (a 1 GB "feedback event" must not cost 1 GB)."""
+they are read into memory (a 1 GB "feedback event" must not cost 1 GB); recommend requests are counted
+while the worker holds them (the stage lanes' batching window reads the count)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,31 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+RECOMMEND_PATH = "/recommend"
+
+
+class InFlight:
+    """Counts this worker's recommend requests from the moment its server hands them to the app (headers
+    read) until their response is sent: what :class:`~recstack.serving.stages.StageLanes` reads to tell
+    whether others are on their way (they are still being read and parsed before they reach the engine,
+    where its own count starts).
+
+    One count per worker process (an ASGI app per worker; updated on its event loop only).
+    """
+
+    count = 0
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != RECOMMEND_PATH:
+            await self.app(scope, receive, send)
+            return
+        InFlight.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            InFlight.count -= 1
