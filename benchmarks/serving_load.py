@@ -14,6 +14,8 @@ machine's cores (with recstack's mean retrieval batch). It then times the same f
 floor of the funnel itself, no HTTP) with the ANN index and with exact whole-catalog scoring (what the
 index saves), prints where the in-process time goes by stage, and its CPU per request with warm caches
 and with caches evicted between requests (what serving amid other work costs the funnel).
+``--compare TAG`` serves a second bento of the store in the same rounds (an A/B of two builds in one run:
+this host's speed moves by 2x between runs).
 
 recstack's workers run with their default CPU affinity (each bound to a core of its own, one worker per
 core here; ``--affinity``), the floor's with BentoML's default (placed by the OS, ``--floor-affinity``),
@@ -29,6 +31,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -216,6 +219,13 @@ def main() -> None:
         "default: the one the package stage built",
     )
     ap.add_argument(
+        "--compare",
+        default=None,
+        metavar="TAG",
+        help="also serve this bento of the store (e.g. an earlier build) as 'compare', in the same rounds "
+        "as recommend (their order alternating): an A/B in one run, where the host's speed moves both alike",
+    )
+    ap.add_argument(
         "--affinity",
         choices=AFFINITY_MODES,
         default="auto",
@@ -258,15 +268,25 @@ def main() -> None:
         "affinity": {"recstack": args.affinity, "floor": args.floor_affinity},
         "http": {},
     }
-    with (
-        bentoml_serve(
-            package["bento_tag"], project, {**env, AFFINITY_ENV: args.affinity}, logs / "recstack.out"
-        ) as rec_base,
-        bentoml_serve(
-            "floor_service:Floor", HERE, {**env, AFFINITY_ENV: args.floor_affinity}, logs / "floor.out"
-        ) as floor_base,
-    ):
-        for base in (rec_base, floor_base):  # warm-up
+    with ExitStack() as servers:
+        rec_base = servers.enter_context(
+            bentoml_serve(
+                package["bento_tag"], project, {**env, AFFINITY_ENV: args.affinity}, logs / "recstack.out"
+            )
+        )
+        floor_base = servers.enter_context(
+            bentoml_serve(
+                "floor_service:Floor", HERE, {**env, AFFINITY_ENV: args.floor_affinity}, logs / "floor.out"
+            )
+        )
+        bases = {"floor": floor_base, "recommend": rec_base}
+        if args.compare:
+            compare_env = {**env, AFFINITY_ENV: args.affinity, "RECSTACK_LOG_DIR": str(logs / "compare-logs")}
+            bases["compare"] = servers.enter_context(
+                bentoml_serve(args.compare, project, compare_env, logs / "compare.out")
+            )
+            results["compare_bento"] = args.compare
+        for base in bases.values():  # warm-up
             asyncio.run(load(base, users, 2, 2.0, args.k))
         results["worker_cores"] = {
             "recstack": worker_cores(rec_base.pid),
@@ -274,11 +294,13 @@ def main() -> None:
         }
         print(f"workers' cores: {results['worker_cores']}")
         for c in args.concurrency:
-            runs: dict[str, list[dict]] = {"floor": [], "recommend": []}
+            runs: dict[str, list[dict]] = {name: [] for name in bases}
             requests_before, batches_before = batch_totals(rec_base)
-            for _ in range(args.rounds):
-                runs["floor"].append(profiled(floor_base, users, c, args.seconds, args.k))
-                runs["recommend"].append(profiled(rec_base, users, c, args.seconds, args.k))
+            for r in range(args.rounds):
+                order = ["floor", "recommend", "compare"] if r % 2 == 0 else ["floor", "compare", "recommend"]
+                for name in order:
+                    if name in bases:
+                        runs[name].append(profiled(bases[name], users, c, args.seconds, args.k))
             floor, rec = merge(runs["floor"]), merge(runs["recommend"])
             results["http"][c] = {
                 "floor": floor,
@@ -286,6 +308,11 @@ def main() -> None:
                 "rps_ratio": rec["rps"] / floor["rps"],
                 "p99_ratio": rec["p99_ms"] / floor["p99_ms"],
             }
+            if "compare" in runs:
+                other = merge(runs["compare"])
+                results["http"][c]["compare"] = other
+                results["http"][c]["compare_rps_ratio"] = other["rps"] / floor["rps"]
+                results["http"][c]["compare_p99_ratio"] = other["p99_ms"] / floor["p99_ms"]
             requests_after, batches_after = batch_totals(rec_base)
             batches = batches_after - batches_before
             results["http"][c]["mean_batch"] = (
@@ -298,20 +325,26 @@ def main() -> None:
     }
 
     print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    targets = ("floor", "recommend", "compare") if args.compare else ("floor", "recommend")
     for c, r in results["http"].items():
-        for name in ("floor", "recommend"):
+        for name in targets:
             m = r[name]
             print(
                 f"{c:>4} {name:>9} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p95_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}"
             )
         print(f"{'':>4} {'ratio':>9} {r['rps_ratio']:>8.2f} {'':>8} {'':>8} {r['p99_ratio']:>8.2f}")
+        if args.compare:
+            print(
+                f"{'':>4} {'compare':>9} {r['compare_rps_ratio']:>8.2f} {'':>8} {'':>8} {r['compare_p99_ratio']:>8.2f}"
+                f"   (compare: {args.compare})"
+            )
     print("\nCPU per request (ms), where it went:")
     print(
         f"{'conc':>4} {'target':>9} {'event loops':>12} {'lanes etc.':>11} {'supervisor':>11} {'client':>7} {'total':>7}"
     )
     batch_note = []
     for c, r in results["http"].items():
-        for name in ("floor", "recommend"):
+        for name in targets:
             cpu = r[name]["cpu_ms"]
             print(
                 f"{c:>4} {name:>9} {cpu['loop']:>12.3f} {cpu['threads']:>11.3f} {cpu['supervisor']:>11.3f}"

@@ -101,7 +101,8 @@ def test_ranker_scores_pairs_and_dcn_variant(small_features: Path) -> None:
         out = model(dense, to_kjt(bags))
         assert out.shape == (6,)
         # Inference without the KJT: the same logits, bit for bit.
-        assert torch.equal(model.score(dense, bags), out)
+        with torch.no_grad():
+            assert torch.equal(model.score(dense, bags), out)
         # The frozen dense layers too, for any batch size (chunked past INFERENCE_CHUNK_PAIRS).
         layers = model.frozen_layers()
         assert not model.training and all(p.requires_grad for p in model.parameters())  # left as it was
