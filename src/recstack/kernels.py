@@ -201,7 +201,7 @@ A_F64_3D = types.Array(types.float64, 3, "A", readonly=True)
 A_BOOL_2D = types.Array(types.boolean, 2, "A", readonly=True)
 A_I64 = types.Array(types.int64, 1, "A", readonly=True)
 A_F64 = types.Array(types.float64, 1, "A", readonly=True)
-# Defined here for the kernel, re-exported by recstack.ranking.features (whose docstring explains them).
+# Defined here for the kernel; recstack.ranking.features, whose docstring explains them, imports DAY_US.
 DAY_US = 86_400_000_000
 NEVER_SEEN_DAYS = 10_000.0
 
