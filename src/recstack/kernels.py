@@ -286,9 +286,9 @@ def pair_features(
     w1, r = counts.shape[2], recent.shape[1]
     out = np.empty((b_n, n, w1 + 8), dtype=np.float32)
     masked = np.empty(r, dtype=np.float32)
+    if n == 0:
+        return out
     for b in range(b_n):
-        if n == 0:
-            continue
         n_valid = 0
         for j in range(r):
             n_valid += recent[b, j] > 0

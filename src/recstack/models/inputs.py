@@ -27,6 +27,8 @@ from recstack.features.spec import FeatureSpec
 from recstack.features.transform import CATEGORY_IDX, ITEM_IDX, TITLE_TOKEN_IDX, USER_IDX
 
 HISTORY_FEATURE = "history"
+RECENCY_ROWS_CACHED = 64  # batches up to this many rows take their weights from the per-length cache
+RECENCY_CACHED_LENGTH = 4096  # longest history whose weights are cached
 ITEM_ID_FEATURE = "item_id"
 USER_ID_FEATURE = "user_id"
 # Item columns that change with time (popularity, age): kept out of the candidate tower so an item's
@@ -128,10 +130,6 @@ def recency_bag(values: np.ndarray, lengths: np.ndarray, decay: float) -> Bag:
     else:
         w = _recency_weights(lengths, decay)
     return Bag(values.astype(np.int64), lengths, w)
-
-
-RECENCY_ROWS_CACHED = 64  # batches up to this many rows take their weights from the per-length cache
-RECENCY_CACHED_LENGTH = 4096  # longest history whose weights are cached
 
 
 @functools.lru_cache(maxsize=1024)
