@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -118,13 +119,32 @@ def worker_cores(server_pid: int) -> list[list[int]]:
     ]
 
 
+def connections_per_worker(server_pid: int) -> list[int]:
+    """Established connections each worker of a server holds now, most first (how the kernel spread the
+    load generator's keep-alive connections; recstack's workers rebalance theirs)."""
+    counts = []
+    for proc in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if _is_worker(proc):
+                counts.append(sum(c.status == psutil.CONN_ESTABLISHED for c in proc.net_connections("tcp")))
+        except psutil.NoSuchProcess:
+            continue
+    return sorted(counts, reverse=True)
+
+
 def profiled(base: Served, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
-    """One round of :func:`load`, with the CPU each part used per request (ms)."""
+    """One round of :func:`load`, with the CPU each part used per request (ms) and the connections per
+    worker a quarter of the way in."""
     before = cpu_seconds(base.pid)
+    split: list[list[int]] = []
+    timer = threading.Timer(seconds / 4, lambda: split.append(connections_per_worker(base.pid)))
+    timer.start()
     result = asyncio.run(load(base, users, concurrency, seconds, k))
+    timer.join()
     after = cpu_seconds(base.pid)
     n = max(result["requests"], 1)
     result["cpu_ms"] = {part: (after[part] - before[part]) / n * 1000 for part in after}
+    result["connections"] = split[0] if split else []
     return result
 
 
@@ -151,6 +171,7 @@ def merge(runs: list[dict]) -> dict:
         "p99_ms": float(np.median([r["p99_ms"] for r in runs])),
         "errors": sum(r["errors"] for r in runs),
         "cpu_ms": {part: float(np.mean([r["cpu_ms"][part] for r in runs])) for part in runs[0]["cpu_ms"]},
+        "connections": [r["connections"] for r in runs],
     }
 
 
@@ -353,6 +374,10 @@ def main() -> None:
         if r["mean_batch"] is not None:
             batch_note.append(f"{r['mean_batch']:.2f} at concurrency {c}")
     print("recommend's mean retrieval batch (requests): " + ", ".join(batch_note))
+    print("connections per worker, round by round:")
+    for c, r in results["http"].items():
+        for name in targets:
+            print(f"{c:>4} {name:>9} " + " ".join(str(x) for x in r[name]["connections"]))
     print("\nin-process funnel (sequential, ms):")
     for variant, stages in results["in_process"].items():
         print(

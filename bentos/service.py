@@ -19,7 +19,9 @@ Environment: ``RECSTACK_MODEL`` (model tag, default ``recstack-funnel:latest``),
 run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes, default one per core;
 each has its own result cache and shares the logs), ``RECSTACK_CPU_AFFINITY`` (``auto``, the default:
 each worker bound to a core of its own when one per core; ``worker``; ``none``), ``RECSTACK_THREADS``
-(requests one worker handles at once, default 8), ``RECSTACK_SERVING_OVERRIDES``
+(requests one worker handles at once, default 8), ``RECSTACK_REBALANCE`` (``on``, the default: a
+worker holding more than its share of keep-alive connections closes one now and then, see
+:mod:`recstack.serving.balance`; ``off``), ``RECSTACK_SERVING_OVERRIDES``
 (JSON merged over the packaged serving settings and validated, e.g. ``{"cache": {"enabled": false}}`` for
 load tests), ``RECSTACK_REDIS_URL`` (the online state's Redis when ``online.backend`` is ``redis``),
 ``RECSTACK_ADMIN_TOKEN`` (enables the admin operations), ``RECSTACK_SNAPSHOT_SPLITS`` (serve a snapshot of
@@ -51,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 
 from recstack.online.store import OnlineStateUnavailable
 from recstack.serving.auth import Refusal, check_admin, check_api_key
+from recstack.serving.balance import Rebalance
 from recstack.serving.engine import Recommender, RequestError
 from recstack.serving.middleware import BodyLimit, InFlight
 from recstack.serving.schemas import (
@@ -216,3 +219,4 @@ class Recstack:
 
 Recstack.add_asgi_middleware(BodyLimit)  # 413 before an oversized body is read
 Recstack.add_asgi_middleware(InFlight)  # recommend requests held by the worker: the batching window's signal
+Recstack.add_asgi_middleware(Rebalance)  # keep-alive connections spread evenly over the workers

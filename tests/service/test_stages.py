@@ -140,3 +140,61 @@ def test_the_batching_window_is_short_by_default_and_bounded(recommender: Recomm
     assert ServingConfig().batch_window_ms == 3.0
     with pytest.raises(ServingConfigError, match="batch_window_ms"):
         load_serving_config({**recommender.config.model_dump(by_alias=True), "batch_window_ms": 500})
+
+
+def test_wait_async_returns_raises_times_out_and_never_cancels_the_lane_future(caplog) -> None:
+    """The event loop's wait for a lane: the result or the lane's error, settled from another thread;
+    TimeoutError past the budget with the future left to the lane; a request cancelled while waiting,
+    or a loop gone before the lane settles, leaves nothing broken behind."""
+    import asyncio
+    from concurrent.futures import Future
+
+    from recstack.serving.stages import wait_async
+
+    def settle_later(fn, *args, delay: float = 0.01) -> None:
+        threading.Timer(delay, fn, args).start()
+
+    async def scenarios() -> None:
+        done: Future = Future()
+        done.set_result(1)
+        assert await wait_async(done, 0.0) == 1  # settled already: no budget needed
+        ok: Future = Future()
+        settle_later(ok.set_result, "ranked")
+        assert await wait_async(ok, 5.0) == "ranked"
+        failed: Future = Future()
+        settle_later(failed.set_exception, ValueError("ranker broke"))
+        with pytest.raises(ValueError, match="ranker broke"):
+            await wait_async(failed, 5.0)
+        slow: Future = Future()
+        start = time.perf_counter()
+        with pytest.raises(TimeoutError, match="no result within 50 ms"):
+            await wait_async(slow, 0.05)
+        assert 0.04 < time.perf_counter() - start < 2.0
+        assert not slow.cancelled() and not slow.done()  # still the lane's to settle
+        slow.set_result("late")  # nobody waits: no error
+        with pytest.raises(TimeoutError, match="no time left"):
+            await wait_async(Future(), 0.0)
+        # A request cancelled mid-wait (the client went away): the lane settles later, harmlessly.
+        abandoned: Future = Future()
+        task = asyncio.ensure_future(wait_async(abandoned, 5.0))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        abandoned.set_result("late")
+        await asyncio.sleep(0.01)
+
+    asyncio.run(scenarios())
+    # Settled after its loop is closed (a lane finishing at shutdown): no error reaches the lane.
+    orphan: Future = Future()
+
+    async def start_waiting() -> None:
+        asyncio.ensure_future(wait_async(orphan, 5.0))
+        await asyncio.sleep(0.01)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start_waiting())
+    loop.close()
+    orphan.set_result("late")
+    # concurrent.futures logs (does not raise) an error from a done-callback: none may be logged.
+    assert not [r for r in caplog.records if "callback" in r.getMessage()]

@@ -44,6 +44,17 @@ def service_settings() -> dict[str, Any]:
     }
 
 
+def worker_count() -> int:
+    """How many worker processes the service runs (``RECSTACK_WORKERS``, or one per core as BentoML
+    counts them: a container's CPU quota, not the host's cores)."""
+    workers = service_settings()["workers"]
+    if workers == "cpu_count":
+        from bentoml._internal.resource import CpuResource
+
+        return int(CpuResource.from_system()) or 1
+    return workers
+
+
 def configure_worker() -> int | None:
     """Set up a service worker process at import, before it listens: :func:`spread_connections`, then
     :func:`pin_worker`. Returns the core the worker is bound to (None: not bound)."""
@@ -80,13 +91,7 @@ def pin_worker() -> int | None:
 
     index = server_context.worker_index  # 1-based; None outside a served worker (tests, scripts)
     cores = sorted(os.sched_getaffinity(0))
-    workers = service_settings()["workers"]
-    if workers == "cpu_count":  # as BentoML counts them: a container's CPU quota, not the host's cores
-        from bentoml._internal.resource import CpuResource
-
-        n_workers = int(CpuResource.from_system()) or 1
-    else:
-        n_workers = workers
+    n_workers = worker_count()
     enough = n_workers == len(cores) if mode == "auto" else n_workers <= len(cores)
     if index is None or len(cores) < 2 or not enough:
         return None
