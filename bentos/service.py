@@ -43,9 +43,19 @@ from typing import Any
 # recstack on the path: in the project's own environment an editable install of the working tree would
 # otherwise be imported, and serving an older bento from the store would run today's code. (From
 # bentos/ in a checkout there is no recstack folder here, and nothing changes.)
+# The path alone is not enough: `bentoml serve recstack:<version>` first tries the tag as an import path
+# (module `recstack`, attribute `<version>`), so the environment's recstack is already imported when this
+# file runs, and every `from recstack...` below would resolve inside it. Forget that import.
 _HERE = str(Path(__file__).resolve().parent)
-if Path(_HERE, "recstack", "__init__.py").is_file() and sys.path[:1] != [_HERE]:
-    sys.path.insert(0, _HERE)
+if Path(_HERE, "recstack", "__init__.py").is_file():
+    if sys.path[:1] != [_HERE]:
+        sys.path.insert(0, _HERE)
+    _loaded = sys.modules.get("recstack")
+    if _loaded is not None and not str(Path(getattr(_loaded, "__file__", "") or "").resolve()).startswith(
+        _HERE + os.sep
+    ):
+        for _name in [m for m in sys.modules if m == "recstack" or m.startswith("recstack.")]:
+            del sys.modules[_name]
 # --- end bento sources first
 
 import bentoml

@@ -74,6 +74,7 @@ def test_a_bento_serves_its_own_recstack_sources_before_an_installed_one(tmp_pat
     serving an older bento in the project's environment, where an editable install of the working tree is
     on the path, runs the code the bento was built with. Checked by running that block of service.py in a
     fresh interpreter, in a folder laid out like a bento's sources."""
+    import shutil
     import subprocess
     import sys
 
@@ -84,17 +85,31 @@ def test_a_bento_serves_its_own_recstack_sources_before_an_installed_one(tmp_pat
     (tmp_path / "recstack").mkdir()
     (tmp_path / "recstack" / "__init__.py").write_text("BUILT_WITH = 'the bento'\n")
     (tmp_path / "service.py").write_text(
-        "import sys\nfrom pathlib import Path\n" + block + "import recstack\nprint(recstack.BUILT_WITH)\n"
+        "import os\nimport sys\nfrom pathlib import Path\n"
+        + block
+        + "import recstack\nprint(recstack.BUILT_WITH)\n"
     )
     # Imported as a module from elsewhere, as BentoML's worker does: its folder is not on the path by itself.
     load = [sys.executable, "-c", f"import runpy; runpy.run_path({str(tmp_path / 'service.py')!r})"]
     run = subprocess.run(load, cwd="/", capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "the bento"
-    # Without a recstack folder beside it (bentos/ in a checkout), the installed package is imported.
-    (tmp_path / "recstack" / "__init__.py").unlink()
-    (tmp_path / "recstack").rmdir()
+    # `bentoml serve recstack:<version>` imports the environment's recstack first (it tries the tag as
+    # module:attribute): the bento's own sources must still win, submodules included.
+    (tmp_path / "recstack" / "where.py").write_text("WHERE = 'the bento'\n")
     (tmp_path / "service.py").write_text(
-        "import sys\nfrom pathlib import Path\n" + block + "import recstack\nprint(recstack.__file__)\n"
+        "import os\nimport sys\nfrom pathlib import Path\nimport recstack, recstack.serving\n"
+        "assert 'bento' not in recstack.__file__\n"
+        + block
+        + "import recstack\nfrom recstack.where import WHERE\nprint(recstack.BUILT_WITH, WHERE)\n"
+    )
+    run = subprocess.run(load, cwd="/", capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "the bento the bento"
+    # Without a recstack folder beside it (bentos/ in a checkout), the installed package is imported.
+    shutil.rmtree(tmp_path / "recstack")
+    (tmp_path / "service.py").write_text(
+        "import os\nimport sys\nfrom pathlib import Path\n"
+        + block
+        + "import recstack\nprint(recstack.__file__)\n"
     )
     run = subprocess.run(load, cwd="/", capture_output=True, text=True, check=True)
     assert str(tmp_path) not in run.stdout and "recstack" in run.stdout
