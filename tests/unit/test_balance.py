@@ -38,8 +38,12 @@ def test_slots_are_shared_between_processes_and_go_stale(tmp_path: Path) -> None
     other.join(60)
     assert other.exitcode == 0
     assert mine.counts(101.0) == [5, 0, 2]
-    # A worker that stopped refreshing (idle: no requests) counts as holding nothing.
-    assert mine.counts(100.5 + balance.STALE_S + 0.1) == [0, 0, 0]
+    # A worker that stopped refreshing (idle: no requests) counts as holding nothing; one whose process
+    # is gone (crashed, not yet restarted) is not counted at all, and one never heard of is starting.
+    later = 100.5 + balance.STALE_S + 0.1
+    assert mine.counts(later) == [0, 0, None]  # worker 3 (the spawned process) has exited
+    mine.publish(1, 5, later)
+    assert mine.counts(later) == [5, 0, None]
     with pytest.raises(ValueError, match="worker index 4"):
         mine.publish(4, 1, 100.0)
     with pytest.raises(ValueError, match="n_workers=0"):
@@ -122,6 +126,18 @@ def test_a_balanced_worker_keeps_its_connections(tmp_path: Path) -> None:
     assert app.closed == 0
 
 
+def test_a_client_given_as_a_list_is_counted(tmp_path: Path) -> None:
+    """ASGI allows the client as any two-item iterable (a list is unhashable as a dict key)."""
+    app = Rebalance(_ok, WorkerSlots(tmp_path / "slots", 2), index=1, clock=_Clock())
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "path": "/recommend", "client": ["127.0.0.1", 5]}, None, send))
+    assert sent[-1]["body"] == b"ok" and ("127.0.0.1", 5) in app.seen
+
+
 def test_rebalancing_is_off_outside_a_multi_worker_server(monkeypatch) -> None:
     app = Rebalance(_ok)  # a test or script: no BentoML worker index
     assert app.slots is None
@@ -129,3 +145,20 @@ def test_rebalancing_is_off_outside_a_multi_worker_server(monkeypatch) -> None:
     monkeypatch.setenv(balance.REBALANCE_ENV, "off")
     monkeypatch.setattr(balance, "_server_slots", lambda: pytest.fail("must not set up slots"))
     assert Rebalance(_ok).slots is None
+
+
+def test_a_crashed_worker_is_left_out_of_the_share(tmp_path: Path) -> None:
+    """Worker 1's process is gone (its slot stale): workers 2 and 3 split the connections between them,
+    each keeping its 4 of 8, instead of closing connections that could only come back to them."""
+    gone = mp.get_context("spawn").Process(target=int)
+    gone.start()
+    gone.join(60)
+    slots, clock = WorkerSlots(tmp_path / "slots", 3), _Clock()
+    balance._SLOT.pack_into(slots._map, 0, gone.pid, 8, clock.now - 2 * balance.STALE_S)
+    app = Rebalance(_ok, slots, index=2, clock=clock)
+    for _ in range(50):
+        slots.publish(3, 4, clock.now)
+        for port in range(4):
+            clock.now += 0.005
+            assert not _closes(_request(app, ("10.0.0.2", port)))
+    assert app.closed == 0 and app._counts[0] is None

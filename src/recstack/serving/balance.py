@@ -74,18 +74,34 @@ class WorkerSlots:
     def publish(self, index: int, connections: int, now: float) -> None:
         _SLOT.pack_into(self._map, self._offset(index), os.getpid(), connections, now)
 
-    def counts(self, now: float) -> list[int]:
-        """Every worker's active connections (0 for a slot not refreshed within ``STALE_S``)."""
-        out = []
+    def counts(self, now: float) -> list[int | None]:
+        """Every worker's active connections, by index - 1: 0 for a slot not refreshed within
+        ``STALE_S`` (an idle worker gets no request to refresh it on, and one that has never published
+        is starting); None for a stale slot whose process is gone (a crashed worker not yet restarted:
+        counting it, the others would keep closing connections that can only come back to them)."""
+        out: list[int | None] = []
         for i in range(self.n_workers):
-            _, connections, at = _SLOT.unpack_from(self._map, i * _SLOT.size)
-            out.append(connections if now - at <= STALE_S else 0)
+            pid, connections, at = _SLOT.unpack_from(self._map, i * _SLOT.size)
+            if now - at <= STALE_S:
+                out.append(connections)
+            else:
+                out.append(0 if pid == 0 or _alive(pid) else None)
         return out
 
     def _offset(self, index: int) -> int:
         if not 1 <= index <= self.n_workers:
             raise ValueError(f"worker index {index} outside 1..{self.n_workers}")
         return (index - 1) * _SLOT.size
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _remove_orphans(folder: Path) -> None:
@@ -124,20 +140,22 @@ class Rebalance:
         self.seen: dict[tuple[str, int], float] = {}  # client (host, port) -> last request
         self.closed = 0
         self._refreshed = self._last_close = -math.inf
-        self._counts: list[int] = []
+        self._counts: list[int | None] = []
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         client = scope.get("client")
         if self.slots is None or scope["type"] != "http" or not client:
             await self.app(scope, receive, send)
             return
+        client = tuple(client)  # ASGI allows any two-item iterable; a dict key must be hashable
         now = self.clock()
         self.seen[client] = now
         if now - self._refreshed > REFRESH_S:
             self._refresh(now)
-        counts = self._counts
-        if counts:  # this worker's own count as of now, the others' as of their last refresh
-            counts = [*counts[: self.index - 1], len(self.seen), *counts[self.index :]]
+        # This worker's own count as of now, the others' as of their last refresh (gone ones left out).
+        counts = list(self._counts)
+        counts[self.index - 1] = len(self.seen)
+        counts = [c for c in counts if c is not None]
         if not (now - self._last_close > COOLDOWN_S and over_share(len(self.seen), counts)):
             await self.app(scope, receive, send)
             return
