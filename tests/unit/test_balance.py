@@ -115,15 +115,20 @@ def test_a_worker_over_its_share_closes_one_connection_per_cooldown(tmp_path: Pa
     assert len(app.seen) == 4
 
 
-def test_a_balanced_worker_keeps_its_connections(tmp_path: Path) -> None:
-    slots, clock = WorkerSlots(tmp_path / "slots", 2), _Clock()
-    app = Rebalance(_ok, slots, index=2, clock=clock)
+def _keeps_its_four(app: Rebalance, slots: WorkerSlots, clock: _Clock, other: int, host: str) -> None:
+    """Four connections sending every 20 ms for a second while worker ``other`` holds four too: none is
+    closed."""
     for _ in range(50):
-        slots.publish(1, 4, clock.now)
+        slots.publish(other, 4, clock.now)
         for port in range(4):
             clock.now += 0.005
-            assert not _closes(_request(app, ("10.0.0.1", port)))
+            assert not _closes(_request(app, (host, port)))
     assert app.closed == 0
+
+
+def test_a_balanced_worker_keeps_its_connections(tmp_path: Path) -> None:
+    slots, clock = WorkerSlots(tmp_path / "slots", 2), _Clock()
+    _keeps_its_four(Rebalance(_ok, slots, index=2, clock=clock), slots, clock, other=1, host="10.0.0.1")
 
 
 def test_a_client_given_as_a_list_is_counted(tmp_path: Path) -> None:
@@ -156,9 +161,5 @@ def test_a_crashed_worker_is_left_out_of_the_share(tmp_path: Path) -> None:
     slots, clock = WorkerSlots(tmp_path / "slots", 3), _Clock()
     balance._SLOT.pack_into(slots._map, 0, gone.pid, 8, clock.now - 2 * balance.STALE_S)
     app = Rebalance(_ok, slots, index=2, clock=clock)
-    for _ in range(50):
-        slots.publish(3, 4, clock.now)
-        for port in range(4):
-            clock.now += 0.005
-            assert not _closes(_request(app, ("10.0.0.2", port)))
+    _keeps_its_four(app, slots, clock, other=3, host="10.0.0.2")
     assert app.closed == 0 and app._counts[0] is None

@@ -118,7 +118,12 @@ def _remove_orphans(folder: Path) -> None:
 def over_share(mine: int, counts: list[int]) -> bool:
     """Whether a worker with ``mine`` active connections holds more than its fair share of the server's
     (``counts``: every worker's, its own included): more than the total divided evenly, rounded up."""
-    return mine > math.ceil(sum(counts) / max(len(counts), 1))
+    return _over(mine, sum(counts) - mine, max(len(counts), 1))
+
+
+def _over(mine: int, others: int, workers: int) -> bool:
+    """:func:`over_share` given the other workers' total: what a request checks (no list built)."""
+    return mine > math.ceil((mine + others) / workers)
 
 
 class Rebalance:
@@ -141,6 +146,8 @@ class Rebalance:
         self.closed = 0
         self._refreshed = self._last_close = -math.inf
         self._counts: list[int | None] = []
+        # As of the last refresh: the other live workers' connections, and how many workers are live.
+        self._others, self._live = 0, 1
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         client = scope.get("client")
@@ -152,11 +159,9 @@ class Rebalance:
         self.seen[client] = now
         if now - self._refreshed > REFRESH_S:
             self._refresh(now)
-        # This worker's own count as of now, the others' as of their last refresh (gone ones left out).
-        counts = list(self._counts)
-        counts[self.index - 1] = len(self.seen)
-        counts = [c for c in counts if c is not None]
-        if not (now - self._last_close > COOLDOWN_S and over_share(len(self.seen), counts)):
+        # This worker's count as of now (a new connection counts at once), the others' as of the refresh.
+        mine = len(self.seen)
+        if not (now - self._last_close > COOLDOWN_S and _over(mine, self._others, self._live)):
             await self.app(scope, receive, send)
             return
         self._last_close = now
@@ -177,6 +182,8 @@ class Rebalance:
         self.seen = {c: t for c, t in self.seen.items() if now - t <= ACTIVE_S}
         self.slots.publish(self.index, len(self.seen), now)
         self._counts = self.slots.counts(now)
+        others = [c for i, c in enumerate(self._counts) if i != self.index - 1 and c is not None]
+        self._others, self._live = sum(others), len(others) + 1
 
 
 def _server_slots() -> tuple[WorkerSlots | None, int | None]:

@@ -539,9 +539,8 @@ def _wake(woken: asyncio.Future) -> None:
 
 
 def _wake_from_thread(loop: asyncio.AbstractEventLoop, woken: asyncio.Future) -> None:
-    """The lane's side: wake the request's loop (gone at shutdown: nobody waits any more)."""
-    if not loop.is_closed():
-        try:
-            loop.call_soon_threadsafe(_wake, woken)
-        except RuntimeError:  # closed in between
-            pass
+    """The lane's side: wake the request's loop (closed at shutdown: nobody waits any more)."""
+    try:
+        loop.call_soon_threadsafe(_wake, woken)
+    except RuntimeError:  # the loop is closed
+        pass
