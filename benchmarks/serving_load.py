@@ -176,20 +176,22 @@ def merge(runs: list[dict]) -> dict:
 
 
 def in_process(
-    bundle: Path, users: list[str], k: int, n: int, retrieval: str, evicted: bool = False
-) -> tuple[dict, dict[str, float]]:
-    """Sequential in-process requests: total and per-stage percentiles (ms), and CPU per request (ms, all
-    threads) with the caches warm; ``evicted``: also with a 32 MB sweep between requests, which evicts the
+    bundle: Path, users: list[str], k: int, n: int, overrides: dict, evicted: bool = False
+) -> tuple[dict, dict[str, float], bool]:
+    """Sequential in-process requests: total and per-stage percentiles (ms), CPU per request (ms, all
+    threads) with the caches warm, and whether retrieval scanned the catalog instead of the HNSW graph
+    (``ServingConfig.full_scan_max_items``); ``evicted``: also with a 32 MB sweep between requests, which evicts the
     caches as the HTTP stack, the load generator and the other worker do between a served request's
     stages (how much of the served cost is the funnel's memory traffic: model weights, item vectors, the
-    HNSW graph, the item timeline)."""
+    HNSW graph, the item timeline). ``overrides``: serving settings of this variant."""
     import torch
 
     from recstack.serving.engine import Recommender
     from recstack.serving.schemas import RecommendRequest
 
     torch.set_num_threads(1)
-    rec = Recommender.load(bundle, overrides={**NO_CACHE, "retrieval": retrieval})
+    rec = Recommender.load(bundle, overrides={**NO_CACHE, **overrides})
+    scanned = rec.stages.full_scan
     sweep = np.ones(4_000_000)  # 32 MB: larger than this machine's last-level cache share
     stages: dict[str, list[float]] = {}
     cpu: dict[str, float] = {}
@@ -214,7 +216,7 @@ def in_process(
         s: {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95))}
         for s, v in stages.items()
     }
-    return percentiles, cpu
+    return percentiles, cpu, scanned
 
 
 def main() -> None:
@@ -339,11 +341,19 @@ def main() -> None:
             results["http"][c]["mean_batch"] = (
                 (requests_after - requests_before) / batches if batches else None
             )
-    ann, results["cache_effect"] = in_process(bundle, users, args.k, args.in_process, "ann", evicted=True)
-    results["in_process"] = {
-        "ann": ann,
-        "exact": in_process(bundle, users, args.k, args.in_process, "exact")[0],
-    }
+    served = {**args.overrides, "retrieval": "ann"}
+    ann, results["cache_effect"], scanned = in_process(
+        bundle, users, args.k, args.in_process, served, evicted=True
+    )
+    results["in_process"] = {"ann": ann}
+    if scanned:
+        # A small catalog's HNSW index is served by a scan (ServingConfig.full_scan_max_items): time the
+        # graph too, so what each costs stays visible.
+        graph = {**served, "full_scan_max_items": 0}
+        results["in_process"]["hnsw"] = in_process(bundle, users, args.k, args.in_process, graph)[0]
+    results["in_process"]["exact"] = in_process(
+        bundle, users, args.k, args.in_process, {**served, "retrieval": "exact"}
+    )[0]
 
     print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     targets = ("floor", "recommend", "compare") if args.compare else ("floor", "recommend")
@@ -379,6 +389,8 @@ def main() -> None:
         for name in targets:
             print(f"{c:>4} {name:>9} " + " ".join(str(x) for x in r[name]["connections"]))
     print("\nin-process funnel (sequential, ms):")
+    if "hnsw" in results["in_process"]:
+        print("  (the catalog is small enough to scan, as the service does: 'ann'; 'hnsw': the graph's walk)")
     for variant, stages in results["in_process"].items():
         print(
             f"  {variant:>5}: "

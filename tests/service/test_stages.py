@@ -34,9 +34,13 @@ def jobs_for(rec: Recommender, n: int = 12) -> list[Job]:
     return out
 
 
-@pytest.mark.parametrize("retrieval", ["ann", "exact"])
-def test_a_batch_gives_each_job_what_it_gets_alone(recommender: Recommender, retrieval: str) -> None:
-    stages = Stages(recommender.bundle, recommender.config.model_copy(update={"retrieval": retrieval}))
+@pytest.mark.parametrize(
+    "settings",
+    [{"retrieval": "ann"}, {"retrieval": "ann", "full_scan_max_items": 0}, {"retrieval": "exact"}],
+    ids=["ann-scan", "ann-graph", "exact"],
+)
+def test_a_batch_gives_each_job_what_it_gets_alone(recommender: Recommender, settings: dict) -> None:
+    stages = Stages(recommender.bundle, recommender.config.model_copy(update=settings))
     jobs = jobs_for(recommender)
     together = stages.retrieve(jobs)
     alone = [stages.retrieve([j])[0] for j in jobs]
@@ -50,6 +54,23 @@ def test_a_batch_gives_each_job_what_it_gets_alone(recommender: Recommender, ret
         single = stages.rank([job], [cands])[0]
         assert logits.shape == (len(cands.items),)
         np.testing.assert_allclose(logits, single, rtol=1e-5, atol=1e-5)
+
+
+def test_ann_retrieval_scans_a_small_catalog_exactly(recommender: Recommender) -> None:
+    """An HNSW index within ``full_scan_max_items`` is scanned: the candidates (items, order, scores) are
+    exact retrieval's; at 0 the graph walks as before."""
+    b = recommender.bundle
+    assert b.index is not None and b.index.ntotal <= recommender.config.full_scan_max_items
+    scanning = Stages(b, recommender.config.model_copy(update={"retrieval": "ann"}))
+    graph = Stages(b, recommender.config.model_copy(update={"retrieval": "ann", "full_scan_max_items": 0}))
+    exact = Stages(b, recommender.config.model_copy(update={"retrieval": "exact"}))
+    assert scanning.full_scan and not graph.full_scan and not exact.full_scan
+    assert recommender.health()["index"]["search"] == "full_scan"
+    jobs = [j for j in jobs_for(recommender) if not j.current]  # the blend is the same code on both
+    for s, e, g in zip(scanning.retrieve(jobs), exact.retrieve(jobs), graph.retrieve(jobs), strict=True):
+        np.testing.assert_array_equal(s.items, e.items)
+        np.testing.assert_allclose(s.scores, e.scores, rtol=1e-5, atol=1e-6)
+        assert len(np.intersect1d(g.items, e.items)) >= 0.9 * len(e.items)  # the graph: approximate
 
 
 def test_lanes_batch_concurrent_requests_without_changing_answers(recommender: Recommender) -> None:

@@ -121,18 +121,61 @@ EF_PER_RESULT = 2
 
 
 def search(
-    index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    exclude: np.ndarray | None = None,
+    full_scan_max_items: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item indices ``(B, k)`` (-1 where fewer exist) and similarities ``(B, k)``.
 
     Args:
         exclude: item indices never to return (a user's seen items), skipped inside the search, so the
             ``k`` results are all eligible; the same set for every query of the call.
+        full_scan_max_items: an HNSW index of at most this many items is searched by scanning every
+            item instead (:func:`full_scan_twin`: the same vectors, similarity and exclusions, exact);
+            0 = always the graph.
     """
+    if full_scan_max_items and index.ntotal <= full_scan_max_items:
+        index = full_scan_twin(index) or index
     q = np.ascontiguousarray(queries, dtype=np.float32)
     params = _search_params(index, k, exclude)
     scores, ids = index.search(q, k) if params is None else index.search(q, k, params=params)
     return ids.astype(np.int64), scores
+
+
+_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def full_scan_twin(index: faiss.Index) -> faiss.Index | None:
+    """An exact index over the vectors of an HNSW ``index``, with its ids and similarity (None for other
+    kinds of index, or an HNSW whose vectors are compressed); built once per index and kept with it.
+
+    Why: HNSW explores ``efSearch`` nodes (the service asks for ``2 k``: 400 for 200 candidates) and
+    compares each with its ~2M neighbours, so on a small catalog it computes about as many similarities
+    as a scan of every item, in random order. Measured here (one query, 64 dimensions, M 32, 100 items
+    excluded): 1,682 items, 200 results: HNSW 0.25 ms, scan 0.06 ms; 10,000 items: 0.49 vs 0.16 ms; 10
+    results at efSearch 128: 0.17 vs 0.11 ms at 10,000 items, even at 20,000. And the scan is exact.
+    Vector databases switch the same way (Qdrant's ``full_scan_threshold``, Weaviate's ``flatSearchCutoff``).
+    """
+    if index in _TWINS:
+        return _TWINS[index]
+    mapped = isinstance(index, faiss.IndexIDMap)
+    base = faiss.downcast_index(index.index) if mapped else index
+    twin = None
+    if isinstance(base, faiss.IndexHNSW):
+        storage = faiss.downcast_index(base.storage)
+        if isinstance(storage, faiss.IndexFlat):  # full vectors (HNSW-SQ / PQ store codes)
+            vectors = storage.reconstruct_n(0, storage.ntotal)
+            flat = faiss.IndexFlat(base.d, base.metric_type)
+            if mapped:
+                twin = faiss.IndexIDMap2(flat)
+                twin.add_with_ids(vectors, faiss.vector_to_array(index.id_map).astype(np.int64))
+            else:
+                flat.add(vectors)
+                twin = flat
+    _TWINS[index] = twin
+    return twin
 
 
 def _search_params(index: faiss.Index, k: int, exclude: np.ndarray | None) -> faiss.SearchParameters | None:

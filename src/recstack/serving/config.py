@@ -168,6 +168,14 @@ class ServingConfig(_Strict):
         description="'ann': the FAISS index of build_index; 'exact': score the whole catalog (the "
         "offline funnel's retrieval, for parity checks and as the brute-force baseline of benchmarks)",
     )
+    full_scan_max_items: int = Field(
+        10_000,
+        ge=0,
+        description="with retrieval 'ann', an HNSW index of at most this many items is searched by scanning "
+        "every item (the same vectors, similarity and exclusions, so exact): on a small catalog the graph "
+        "visits about as many items as a scan, more slowly (recstack.retrieval.index.full_scan_twin); "
+        "0 = always the graph",
+    )
     limits: Limits = Field(default_factory=Limits)
     budgets: Budgets = Field(default_factory=Budgets)
     surfaces: dict[str, Surface] = Field(default_factory=_default_surfaces)

@@ -928,7 +928,11 @@ class Recommender:
             "models": b.card.get("models", {}),
             "index": None
             if b.index is None
-            else {"kind": (b.card.get("index") or {}).get("config", {}).get("kind"), "items": b.index.ntotal},
+            else {
+                "kind": (b.card.get("index") or {}).get("config", {}).get("kind"),
+                "items": b.index.ntotal,
+                "search": "full_scan" if self.stages.full_scan else "index",
+            },
             "retrieval": self.config.retrieval,
             "policy": self.policy.name,
             "experiments": [e.id for e in self.config.experiments],
