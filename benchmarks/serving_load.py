@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 
 from recstack.serving.local import Served, bentoml_serve
+from recstack.serving.package import MODEL_NAME, STORE_DIR
 from recstack.serving.workers import AFFINITY_ENV, AFFINITY_MODES
 
 HERE = Path(__file__).resolve().parent
@@ -277,7 +278,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="serving_load_"))
     env = {
         **os.environ,
-        "BENTOML_HOME": str(project / "bentos" / "store"),
+        "BENTOML_HOME": str(project / STORE_DIR),
         "RECSTACK_LOG_DIR": str(logs / "recstack-logs"),
         "RECSTACK_SERVING_OVERRIDES": json.dumps({**args.overrides, **NO_CACHE}),
     }
@@ -305,6 +306,12 @@ def main() -> None:
         bases = {"floor": floor_base, "recommend": rec_base}
         if args.compare:
             compare_env = {**env, AFFINITY_ENV: args.affinity, "RECSTACK_LOG_DIR": str(logs / "compare-logs")}
+            # Its own model (the package stage gives bento and model one version): a bento built before
+            # bentos recorded their model would load the store's latest, maybe with settings its code
+            # does not know.
+            own_model = project / STORE_DIR / "models" / MODEL_NAME / args.compare.split(":", 1)[-1]
+            if own_model.is_dir() and "RECSTACK_MODEL" not in os.environ:
+                compare_env["RECSTACK_MODEL"] = f"{MODEL_NAME}:{own_model.name}"
             bases["compare"] = servers.enter_context(
                 bentoml_serve(args.compare, project, compare_env, logs / "compare.out")
             )

@@ -14,7 +14,8 @@ Input outside the schema gets 400 (BentoML's validation, naming the field), inpu
 limits 422 (``{"error", "field"}``), an unknown item 404 from /similar; nothing answers 5xx: an unexpected
 error inside recommend is served from the popular list and counted as the ``internal_error`` fallback.
 
-Environment: ``RECSTACK_MODEL`` (model tag, default ``recstack-funnel:latest``), ``RECSTACK_LOG_DIR``
+Environment: ``RECSTACK_MODEL`` (model tag; default: the model the bento was built with, from a checkout
+the store's latest; ``/admin/reload`` loads it, else the store's latest), ``RECSTACK_LOG_DIR``
 (feedback and response logs, default ``./recstack-logs``), ``RECSTACK_TORCH_THREADS`` (default 1: requests
 run side by side, each single-threaded), ``RECSTACK_WORKERS`` (worker processes, default one per core;
 each has its own result cache and shares the logs), ``RECSTACK_CPU_AFFINITY`` (``auto``, the default:
@@ -66,6 +67,7 @@ from recstack.serving.auth import Refusal, check_admin, check_api_key
 from recstack.serving.balance import Rebalance
 from recstack.serving.engine import Recommender, RequestError
 from recstack.serving.middleware import BodyLimit, InFlight
+from recstack.serving.package import reload_tag, service_model_tag
 from recstack.serving.schemas import (
     FeedbackAck,
     FeedbackEvent,
@@ -79,7 +81,7 @@ from recstack.serving.workers import configure_worker, service_settings
 
 configure_worker()  # before the worker listens: see recstack.serving.workers
 
-MODEL_TAG = os.environ.get("RECSTACK_MODEL", "recstack-funnel:latest")
+MODEL_TAG = service_model_tag(_HERE)  # RECSTACK_MODEL, else the model this bento was built with
 log = logging.getLogger("recstack.service")
 
 
@@ -131,7 +133,7 @@ class Recstack:
 
     def _current(self) -> Recommender:
         """The engine; after an admin reload (asked of any worker), a new one is loaded in the background
-        from the model store's current ``RECSTACK_MODEL`` while this one keeps serving."""
+        from the model store (``RECSTACK_MODEL``, else its latest model) while this one keeps serving."""
         engine = self.engine
         if engine.reload_requested and self._reloading.acquire(blocking=False):
             engine.reload_requested = False
@@ -140,7 +142,7 @@ class Recstack:
 
     def _reload(self, old: Recommender) -> None:
         try:
-            self.engine = self._load(bentoml.models.get(MODEL_TAG).path)
+            self.engine = self._load(bentoml.models.get(reload_tag()).path)
             log.info("models reloaded: %s", self.engine.bundle.card.get("models"))
             threading.Timer(30.0, old.close).start()  # requests still on the old engine finish first
         except Exception:

@@ -60,3 +60,35 @@ def test_serving_requirements_hold_no_pipeline_tools() -> None:
     names = {r.split("==")[0] for r in serving_requirements()}
     assert {"torch", "torchrec", "faiss-cpu", "bentoml", "fbgemm-gpu-cpu"} <= names
     assert not names & {"jupyterlab", "dvc", "lightning", "streamlit", "papermill", "evidently", "fbgemm-gpu"}
+
+
+def test_a_bento_starts_with_the_model_it_was_built_with(tmp_path: Path) -> None:
+    """The package stage writes the model's tag beside service.py (and the bentofile ships it); the
+    service starts with it unless RECSTACK_MODEL says otherwise, where ``recstack-funnel:latest`` would
+    resolve against the whole store (an older bento serving a newer model). /admin/reload moves on to
+    the store's latest on purpose."""
+    import yaml
+
+    from recstack.serving.package import (
+        MODEL_TAG_FILE,
+        reload_tag,
+        service_model_tag,
+        stage_build_context,
+    )
+    from tests.conftest import PROJECT_ROOT
+
+    src = tmp_path / "src" / "recstack"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("")
+    stage_build_context(PROJECT_ROOT / "bentos", src, tmp_path / "build", "recstack-funnel:v1")
+    build = tmp_path / "build"
+    assert (build / MODEL_TAG_FILE).read_text().strip() == "recstack-funnel:v1"
+    assert MODEL_TAG_FILE in yaml.safe_load((build / "bentofile.yaml").read_text())["include"]
+    assert service_model_tag(build, environ={}) == "recstack-funnel:v1"
+    assert service_model_tag(build, environ={"RECSTACK_MODEL": "recstack-funnel:v0"}) == "recstack-funnel:v0"
+    assert service_model_tag(PROJECT_ROOT / "bentos", environ={}) == "recstack-funnel:latest"  # a checkout
+    assert reload_tag(environ={}) == "recstack-funnel:latest"
+    assert reload_tag(environ={"RECSTACK_MODEL": "recstack-funnel:v0"}) == "recstack-funnel:v0"
+    (build / MODEL_TAG_FILE).write_text("../../etc:passwd\n")
+    with pytest.raises(ValueError, match=f"{MODEL_TAG_FILE} holds '../../etc:passwd'"):
+        service_model_tag(build, environ={})

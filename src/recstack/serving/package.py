@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +22,9 @@ from packaging.requirements import Requirement
 
 MODEL_NAME = "recstack-funnel"
 BENTO_NAME = "recstack"
+MODEL_ENV = "RECSTACK_MODEL"
+# Beside service.py in a bento: the tag of the model it was built with (see service_model_tag).
+MODEL_TAG_FILE = "model_tag.txt"
 STORE_DIR = "bentos/store"
 # What the service imports, directly or through recstack.serving (checked by a test).
 SERVING_ROOTS = (
@@ -137,14 +141,48 @@ def import_bundle(bundle_dir: str | Path, version: str) -> str:
     return str(model.tag)
 
 
-def stage_build_context(service_dir: str | Path, package_src: str | Path, out_dir: str | Path) -> list[str]:
-    """Fill ``out_dir`` with what ``bentoml build`` reads; returns the pinned requirements."""
+def service_model_tag(service_dir: str | Path, environ: Mapping[str, str] | None = None) -> str:
+    """The model a service starts with: ``RECSTACK_MODEL``; else the model its bento was built with (its
+    tag in :data:`MODEL_TAG_FILE` beside ``service.py``); else the store's latest (a checkout's
+    ``bentos/``).
+
+    Why not always the latest: a bento served from a store resolves ``recstack-funnel:latest`` against the
+    whole store, so once a newer model is imported every older bento would serve it, with code that may
+    not read its settings (strictly validated: a setting added since fails the start) or was never
+    evaluated with it. ``/admin/reload`` still moves to the store's latest on purpose (:func:`reload_tag`).
+    """
+    env = os.environ if environ is None else environ
+    if env.get(MODEL_ENV):
+        return env[MODEL_ENV]
+    packaged = Path(service_dir) / MODEL_TAG_FILE
+    if packaged.is_file():
+        tag = packaged.read_text().strip()
+        if not re.fullmatch(rf"{re.escape(MODEL_NAME)}:[A-Za-z0-9_.-]+", tag):
+            raise ValueError(f"{packaged} holds {tag!r}, not a {MODEL_NAME}:<version> tag")
+        return tag
+    return f"{MODEL_NAME}:latest"
+
+
+def reload_tag(environ: Mapping[str, str] | None = None) -> str:
+    """What ``/admin/reload`` loads: ``RECSTACK_MODEL``, else the store's latest model (a newer one
+    imported while the service runs)."""
+    env = os.environ if environ is None else environ
+    return env.get(MODEL_ENV) or f"{MODEL_NAME}:latest"
+
+
+def stage_build_context(
+    service_dir: str | Path, package_src: str | Path, out_dir: str | Path, model_tag: str | None = None
+) -> list[str]:
+    """Fill ``out_dir`` with what ``bentoml build`` reads; returns the pinned requirements. ``model_tag``:
+    the model the bento serves by default (:func:`service_model_tag`)."""
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for name in ("service.py", "bentofile.yaml"):
         shutil.copy2(Path(service_dir) / name, out / name)
+    if model_tag is not None:
+        (out / MODEL_TAG_FILE).write_text(model_tag + "\n")
     shutil.copytree(package_src, out / "recstack", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     requirements = serving_requirements()
     (out / "requirements.txt").write_text(
@@ -190,7 +228,7 @@ def package(
 
     _ensure_uv()
     model_tag = import_bundle(bundle_dir, version)
-    requirements = stage_build_context(service_dir, package_src, build_dir)
+    requirements = stage_build_context(service_dir, package_src, build_dir, model_tag)
     try:
         bentoml.bentos.delete(f"{BENTO_NAME}:{version}")
     except NotFound:
