@@ -137,7 +137,9 @@ def search(
             0 = always the graph.
     """
     if full_scan_max_items and index.ntotal <= full_scan_max_items:
-        index = full_scan_twin(index) or index
+        twin = full_scan_twin(index)
+        if twin is not None:
+            index = twin
     q = np.ascontiguousarray(queries, dtype=np.float32)
     params = _search_params(index, k, exclude)
     scores, ids = index.search(q, k) if params is None else index.search(q, k, params=params)
