@@ -109,7 +109,7 @@ def test_the_exclusion_bitmap_returns_what_faiss_own_id_batch_returns(kind: str)
 def test_a_small_hnsw_index_can_be_searched_by_a_full_scan(similarity: str) -> None:
     """``full_scan_max_items``: the index's own vectors, ids and similarity scanned exactly, exclusions
     honoured; above the limit (or at 0) the graph answers as before."""
-    from recstack.retrieval.index import full_scan_twin
+    from recstack.retrieval.index import full_scan_twin, searched_index
 
     v = _vectors()
     # Vectors of different lengths: under "dot" they count.
@@ -117,15 +117,15 @@ def test_a_small_hnsw_index_can_be_searched_by_a_full_scan(similarity: str) -> N
     index = make_index(v, similarity, IndexConfig(kind="hnsw", hnsw_m=4, ef_search=8))  # a poor graph
     q = v[[5, 9, 300]] + 0.01
     exclude = np.array([5, 9, 17, 300, 599])
-    ids, scores = search(index, q, 100, exclude=exclude, full_scan_max_items=600)
+    ids, scores = search(searched_index(index, 600), q, 100, exclude=exclude)
     exact = q @ v.T
     exact[:, 0] = -np.inf  # the unknown item is not indexed
     exact[:, exclude] = -np.inf
     np.testing.assert_array_equal(ids, np.argsort(-exact, axis=1, kind="stable")[:, :100])
     np.testing.assert_allclose(scores, np.take_along_axis(exact, ids, axis=1), rtol=1e-5, atol=1e-5)
     graph = search(index, q, 100, exclude=exclude)
-    assert np.array_equal(search(index, q, 100, exclude=exclude, full_scan_max_items=599)[0], graph[0])
-    assert np.array_equal(search(index, q, 100, exclude=exclude, full_scan_max_items=0)[0], graph[0])
+    assert np.array_equal(search(searched_index(index, 599), q, 100, exclude=exclude)[0], graph[0])
+    assert np.array_equal(search(searched_index(index, 0), q, 100, exclude=exclude)[0], graph[0])
     assert not np.array_equal(graph[0], ids)  # the poor graph misses some: the scan was really used
     assert full_scan_twin(index) is full_scan_twin(index)  # built once per index
 
@@ -133,7 +133,7 @@ def test_a_small_hnsw_index_can_be_searched_by_a_full_scan(similarity: str) -> N
 def test_only_an_hnsw_index_with_full_vectors_gets_a_full_scan() -> None:
     import faiss
 
-    from recstack.retrieval.index import full_scan_twin
+    from recstack.retrieval.index import full_scan_twin, searched_index
 
     v = _vectors(200)
     for kind in ("ivf_flat", "ivf_pq", "flat"):
@@ -146,5 +146,5 @@ def test_only_an_hnsw_index_with_full_vectors_gets_a_full_scan() -> None:
     bare.add(v[1:])
     twin = full_scan_twin(bare)
     assert twin is not None and twin.ntotal == 200
-    ids, _ = search(bare, v[[3]], 5, full_scan_max_items=1000)
+    ids, _ = search(searched_index(bare, 1000), v[[3]], 5)
     assert ids[0, 0] == 2  # an index without an id map: FAISS's own positions (item 3 is row 2)

@@ -121,29 +121,28 @@ EF_PER_RESULT = 2
 
 
 def search(
-    index: faiss.Index,
-    queries: np.ndarray,
-    k: int,
-    exclude: np.ndarray | None = None,
-    full_scan_max_items: int = 0,
+    index: faiss.Index, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` item indices ``(B, k)`` (-1 where fewer exist) and similarities ``(B, k)``.
 
     Args:
         exclude: item indices never to return (a user's seen items), skipped inside the search, so the
             ``k`` results are all eligible; the same set for every query of the call.
-        full_scan_max_items: an HNSW index of at most this many items is searched by scanning every
-            item instead (:func:`full_scan_twin`: the same vectors, similarity and exclusions, exact);
-            0 = always the graph.
     """
-    if full_scan_max_items and index.ntotal <= full_scan_max_items:
-        twin = full_scan_twin(index)
-        if twin is not None:
-            index = twin
     q = np.ascontiguousarray(queries, dtype=np.float32)
     params = _search_params(index, k, exclude)
     scores, ids = index.search(q, k) if params is None else index.search(q, k, params=params)
     return ids.astype(np.int64), scores
+
+
+def searched_index(index: faiss.Index, full_scan_max_items: int) -> faiss.Index:
+    """What to search for ``index``: its exact :func:`full_scan_twin` when it is an HNSW index of at most
+    ``full_scan_max_items`` items (0 = never), else ``index`` itself. Chosen once, by whoever serves."""
+    if full_scan_max_items and index.ntotal <= full_scan_max_items:
+        twin = full_scan_twin(index)
+        if twin is not None:
+            return twin
+    return index
 
 
 _TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -31,7 +31,7 @@ import torch
 from recstack.online.store import distinct, snapshot_history
 from recstack.ranking.features import ItemActivity
 from recstack.ranking.scorer import HistoryBatch, append_items, latest_time
-from recstack.retrieval.index import full_scan_twin, search
+from recstack.retrieval.index import search, searched_index
 from recstack.serving.bundle import Bundle
 from recstack.serving.config import ServingConfig
 from recstack.serving.telemetry import metrics
@@ -96,13 +96,14 @@ class Stages:
         self.bundle, self.config, self.item_activity = bundle, config, item_activity
         # Events after this time (us) are the session: accepted by the service, not in the snapshot.
         self._snapshot_end = int(bundle.sequences.times.max()) if len(bundle.sequences.times) else -1
-        # The exact twin of a small HNSW index is built now, not in the first request's budget.
-        self.full_scan = (
-            config.retrieval == "ann"
-            and bundle.index is not None
-            and bundle.index.ntotal <= config.full_scan_max_items
-            and full_scan_twin(bundle.index) is not None
+        # What ANN searches go to, chosen (and a small HNSW index's exact twin built) once here, not per
+        # request or in the first request's budget.
+        self._searched = (
+            searched_index(bundle.index, config.full_scan_max_items)
+            if config.retrieval == "ann" and bundle.index is not None
+            else bundle.index
         )
+        self.full_scan = self._searched is not bundle.index
 
     def histories(self, jobs: Sequence[Job]) -> HistoryBatch:
         """The jobs' users' histories: each job's own (online state), else the bundle's snapshot. Each
@@ -188,13 +189,7 @@ class Stages:
         # exactly n results instead of over-fetching n + |seen| (which, at ~900 of 1682 ML-100K items,
         # found only 89 % of the exact top-200) and does not depend on the batch it is in.
         for row, n, drop in zip(queries, ns, drops, strict=True):
-            ids, sims = search(
-                b.index,
-                row[None, :],
-                min(n, b.index.ntotal),
-                exclude=drop,
-                full_scan_max_items=self.config.full_scan_max_items,
-            )
+            ids, sims = search(self._searched, row[None, :], min(n, b.index.ntotal), exclude=drop)
             keep = ids[0] > 0
             out.append((ids[0][keep], sims[0][keep]))
         return out
