@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from recstack.serving.config import NO_BUDGETS, Budgets
 from recstack.serving.engine import Recommender
 from recstack.serving.schemas import RecommendRequest
 from recstack.serving.stages import Job, StageLanes, Stages
@@ -73,16 +75,24 @@ def test_ann_retrieval_scans_a_small_catalog_exactly(recommender: Recommender) -
         assert len(np.intersect1d(g.items, e.items)) >= 0.9 * len(e.items)  # the graph: approximate
 
 
-def test_lanes_batch_concurrent_requests_without_changing_answers(recommender: Recommender) -> None:
-    users = [str(u) for u in recommender.bundle.tables.spec.user_id.values.head(64).to_list()]
-    requests = [RecommendRequest(user_id=u, k=10, seed=1) for u in users]
-    sequential = [[i.item_id for i in recommender.recommend(q).items] for q in requests]
-    recommender.cache = None  # every request runs the funnel
-    recommender.lanes.batch_sizes.clear()
-    with ThreadPoolExecutor(16) as pool:
-        concurrent = [[i.item_id for i in r.items] for r in pool.map(recommender.recommend, requests)]
-    assert concurrent == sequential
-    assert max(recommender.lanes.batch_sizes) > 1  # requests really shared batches
+def test_lanes_batch_concurrent_requests_without_changing_answers(recommender: Recommender, tmp_path) -> None:
+    # Without budgets: on a busy machine 16 threads at once overran them, and the fallbacks' lists differed
+    # (what this test checks is batching, not budgets).
+    config = recommender.config.model_copy(update={"budgets": Budgets(**NO_BUDGETS)})
+    rec = Recommender(recommender.bundle, config=config, log_dir=tmp_path / "no_budgets")
+    try:
+        users = [str(u) for u in rec.bundle.tables.spec.user_id.values.head(64).to_list()]
+        requests = [RecommendRequest(user_id=u, k=10, seed=1) for u in users]
+        sequential = [[i.item_id for i in rec.recommend(q).items] for q in requests]
+        rec.cache = None  # every request runs the funnel
+        rec.lanes.batch_sizes.clear()
+        with ThreadPoolExecutor(16) as pool:
+            answered = list(pool.map(rec.recommend, requests))
+        assert {r.served_by for r in answered} == {"funnel"}, [r.fallbacks for r in answered if r.fallbacks]
+        assert [[i.item_id for i in r.items] for r in answered] == sequential
+        assert max(rec.lanes.batch_sizes) > 1  # requests really shared batches
+    finally:
+        rec.close()
 
 
 def test_a_failing_job_fails_alone(recommender: Recommender) -> None:
@@ -161,6 +171,67 @@ def test_the_batching_window_is_short_by_default_and_bounded(recommender: Recomm
     assert ServingConfig().batch_window_ms == 3.0
     with pytest.raises(ServingConfigError, match="batch_window_ms"):
         load_serving_config({**recommender.config.model_dump(by_alias=True), "batch_window_ms": 500})
+
+
+def _lane_policies(lanes: StageLanes) -> set[int]:
+    """The scheduling policy of each of the lanes' threads (Linux: read per thread id)."""
+    deadline = time.monotonic() + 10
+    while any(t.native_id is None for t in lanes._threads) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {os.sched_getscheduler(t.native_id) for t in lanes._threads}
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_lane_threads_run_under_sched_batch_by_default_and_normal_on_request(
+    recommender: Recommender,
+) -> None:
+    """Lanes woken by a submit must not preempt the event loop (see schedule_thread); the rest of the
+    process keeps the OS default, and ``normal`` leaves the lanes at it too. Either way they answer."""
+    from recstack.serving.config import ServingConfig
+
+    assert ServingConfig().lane_scheduling == "batch"
+    main_policy = os.sched_getscheduler(0)
+    for policy, expected in (("batch", os.SCHED_BATCH), ("normal", main_policy)):
+        lanes = StageLanes(
+            Stages(recommender.bundle, recommender.config), threads=1, max_batch=8, scheduling=policy
+        )
+        try:
+            job = jobs_for(recommender, 1)[0]
+            lanes.submit(job)
+            assert len(job.retrieved.result(timeout=30).items) > 0
+            assert np.isfinite(job.ranked.result(timeout=30)).all()
+            assert _lane_policies(lanes) == {expected}, policy
+        finally:
+            lanes.close()
+    assert os.sched_getscheduler(0) == main_policy  # the caller's thread is left as it was
+
+
+def test_schedule_thread_refuses_an_unknown_policy_and_leaves_normal_alone() -> None:
+    from recstack.serving.stages import schedule_thread
+
+    got: dict[str, object] = {}
+
+    def run() -> None:
+        got["normal"] = schedule_thread("normal")
+        got["policy"] = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+        try:
+            schedule_thread("fifo")
+        except ValueError as exc:
+            got["error"] = str(exc)
+
+    before = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert got["normal"] is False and got["policy"] == before
+    assert "unknown lane scheduling 'fifo'" in str(got["error"])
+
+
+def test_lane_scheduling_is_validated_by_the_serving_config(recommender: Recommender) -> None:
+    from recstack.serving.config import ServingConfigError, load_serving_config
+
+    with pytest.raises(ServingConfigError, match="lane_scheduling"):
+        load_serving_config({**recommender.config.model_dump(by_alias=True), "lane_scheduling": "realtime"})
 
 
 def test_wait_async_returns_raises_times_out_and_never_cancels_the_lane_future(caplog) -> None:

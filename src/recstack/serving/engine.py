@@ -181,6 +181,7 @@ class Recommender:
             stall_s=self.config.budgets.retrieval_ms / 1000,
             window_s=self.config.batch_window_ms / 1000,
             in_flight=self._requests_held,
+            scheduling=self.config.lane_scheduling,
         )
         c = self.config.cache
         self.cache = ResultCache(c.ttl_seconds, c.jitter, c.max_entries) if c.enabled else None
