@@ -518,14 +518,15 @@ def schedule_thread(policy: str) -> bool:
     :func:`recstack.serving.workers.pin_worker`). Under the default policy the lane that a request's
     submit wakes preempts the loop in the middle of its callback, and the loop gets the core back when the
     lane waits for the GIL or is done: a switch or two per request, each with the other thread's data in
-    the caches. A SCHED_BATCH thread does not preempt on wake-up: the loop finishes what it is doing (often
-    reading the next request, which then joins the batch) and the lane runs when the loop waits. Only the
+    the caches. A SCHED_BATCH thread does not preempt on wake-up: the loop finishes what it is doing (a
+    request it reads meanwhile joins the batch) and the lane runs when the loop waits. Only the
     lanes' own wake-ups change: the loop woken by a budget's timer or a socket is scheduled as before, and
     a lane keeps the same CPU share (same weight; a lower one, nice 5-10, measured a few % more requests/s
     but would yield the model work to every other process on the core, noisy neighbours included).
-    Measured on ML-100K at concurrency 8, same-run A/Bs: ~5 % more requests/s and ~6 % less CPU per request
-    (batches only slightly larger, 1.7 -> 1.7-1.9: the gain is mostly the switches); at concurrency 1 also
-    ~5 % more. The whole worker under SCHED_BATCH (the loop too) was ~3 % worse than the lanes alone.
+    Measured on ML-100K at concurrency 8, the same bento with ``lane_scheduling`` batch against normal
+    (two same-run A/Bs, 4 and 6 rounds, order alternating): CPU per request -6 % and -3.5 %, requests/s
+    +5 % and +2 % (batches barely larger, mean 1.7 -> 1.7-1.9: the gain is mostly the switches). The
+    whole worker under SCHED_BATCH (the loop too) was ~3 % worse than the lanes alone.
 
     Unprivileged threads may switch to SCHED_BATCH; where the OS has no such policy (not Linux) or refuses
     it, the thread keeps the OS default, with a warning for a refusal.
