@@ -188,8 +188,15 @@ def test_lane_threads_run_under_sched_batch_by_default_and_normal_on_request(
     """Lanes woken by a submit must not preempt the event loop (see schedule_thread); the rest of the
     process keeps the OS default, and ``normal`` leaves the lanes at it too. Either way they answer."""
     from recstack.serving.config import ServingConfig
+    from recstack.serving.stages import schedule_thread
 
     assert ServingConfig().lane_scheduling == "batch"
+    probe: list[bool] = []
+    t = threading.Thread(target=lambda: probe.append(schedule_thread("batch")))
+    t.start()
+    t.join()
+    if not probe[0]:  # a sandbox that refuses the policy (that path: the test below)
+        pytest.skip("this machine refuses SCHED_BATCH")
     main_policy = os.sched_getscheduler(0)
     for policy, expected in (("batch", os.SCHED_BATCH), ("normal", main_policy)):
         lanes = StageLanes(
@@ -225,6 +232,19 @@ def test_schedule_thread_refuses_an_unknown_policy_and_leaves_normal_alone() -> 
     t.join()
     assert got["normal"] is False and got["policy"] == before
     assert "unknown lane scheduling 'fifo'" in str(got["error"])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_a_refused_sched_batch_leaves_the_lane_at_the_default_with_a_warning(monkeypatch, caplog) -> None:
+    from recstack.serving import stages
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(stages.os, "sched_setscheduler", refuse)
+    with caplog.at_level("WARNING", logger="recstack.serving.stages"):
+        assert stages.schedule_thread("batch") is False
+    assert "SCHED_BATCH refused" in caplog.text and "Operation not permitted" in caplog.text
 
 
 def test_lane_scheduling_is_validated_by_the_serving_config(recommender: Recommender) -> None:
