@@ -173,12 +173,16 @@ def test_the_batching_window_is_short_by_default_and_bounded(recommender: Recomm
         load_serving_config({**recommender.config.model_dump(by_alias=True), "batch_window_ms": 500})
 
 
-def _lane_policies(lanes: StageLanes) -> set[int]:
-    """The scheduling policy of each of the lanes' threads (Linux: read per thread id)."""
+def _lane_policies(lanes: StageLanes, expected: int) -> set[int]:
+    """The scheduling policy of each of the lanes' threads (Linux: read per thread id), once they all
+    show ``expected`` or after 10 s: each thread sets its own when it starts running, and the standby
+    thread may not have run yet when the first answers."""
     deadline = time.monotonic() + 10
-    while any(t.native_id is None for t in lanes._threads) and time.monotonic() < deadline:
+    while True:
+        policies = {os.sched_getscheduler(t.native_id) for t in lanes._threads}
+        if policies == {expected} or time.monotonic() > deadline:
+            return policies
         time.sleep(0.01)
-    return {os.sched_getscheduler(t.native_id) for t in lanes._threads}
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
@@ -207,7 +211,7 @@ def test_lane_threads_run_under_sched_batch_by_default_and_normal_on_request(
             lanes.submit(job)
             assert len(job.retrieved.result(timeout=30).items) > 0
             assert np.isfinite(job.ranked.result(timeout=30)).all()
-            assert _lane_policies(lanes) == {expected}, policy
+            assert _lane_policies(lanes, expected) == {expected}, policy
         finally:
             lanes.close()
     assert os.sched_getscheduler(0) == main_policy  # the caller's thread is left as it was

@@ -152,15 +152,13 @@ def service_model_tag(service_dir: str | Path, environ: Mapping[str, str] | None
     evaluated with it. ``/admin/reload`` still moves to the store's latest on purpose (:func:`reload_tag`).
     """
     env = os.environ if environ is None else environ
-    if env.get(MODEL_ENV):
-        return env[MODEL_ENV]
     packaged = Path(service_dir) / MODEL_TAG_FILE
-    if packaged.is_file():
+    if not env.get(MODEL_ENV) and packaged.is_file():
         tag = packaged.read_text().strip()
         if not re.fullmatch(rf"{re.escape(MODEL_NAME)}:[A-Za-z0-9_.-]+", tag):
             raise ValueError(f"{packaged} holds {tag!r}, not a {MODEL_NAME}:<version> tag")
         return tag
-    return f"{MODEL_NAME}:latest"
+    return reload_tag(env)  # RECSTACK_MODEL, else the store's latest
 
 
 def reload_tag(environ: Mapping[str, str] | None = None) -> str:
