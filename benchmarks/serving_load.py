@@ -15,7 +15,9 @@ floor of the funnel itself, no HTTP) with the ANN index and with exact whole-cat
 index saves), prints where the in-process time goes by stage, and its CPU per request with warm caches
 and with caches evicted between requests (what serving amid other work costs the funnel).
 ``--compare TAG`` serves a second bento of the store in the same rounds (an A/B of two builds in one run:
-this host's speed moves by 2x between runs).
+this host's speed moves by 2x between runs); ``--compare-overrides JSON`` gives that arm other serving
+settings, and alone serves the same bento with them (an A/B of one setting, e.g.
+``'{"lane_scheduling": "normal"}'``).
 
 recstack's workers run with their default CPU affinity (each bound to a core of its own, one worker per
 core here; ``--affinity``), the floor's with BentoML's default (placed by the OS, ``--floor-affinity``),
@@ -181,9 +183,9 @@ def in_process(
 ) -> tuple[dict, dict[str, float], bool]:
     """Sequential in-process requests: total and per-stage percentiles (ms), CPU per request (ms, all
     threads) with the caches warm, and whether retrieval scanned the catalog instead of the HNSW graph
-    (``ServingConfig.full_scan_max_items``); ``evicted``: also with a 32 MB sweep between requests, which evicts the
-    caches as the HTTP stack, the load generator and the other worker do between a served request's
-    stages (how much of the served cost is the funnel's memory traffic: model weights, item vectors, the
+    (``ServingConfig.full_scan_max_items``); ``evicted``: also with a 32 MB sweep between requests, which
+    evicts the caches as the HTTP stack, the load generator and the other worker do between a served
+    request's stages (how much of the served cost is the funnel's memory traffic: model weights, item vectors, the
     HNSW graph, the item timeline). ``overrides``: serving settings of this variant."""
     import torch
 
@@ -250,6 +252,14 @@ def main() -> None:
         "as recommend (their order alternating): an A/B in one run, where the host's speed moves both alike",
     )
     ap.add_argument(
+        "--compare-overrides",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help="serving settings of the 'compare' arm instead of --overrides; without --compare it serves "
+        "recommend's own bento with them (an A/B of settings in one run)",
+    )
+    ap.add_argument(
         "--affinity",
         choices=AFFINITY_MODES,
         default="auto",
@@ -267,6 +277,8 @@ def main() -> None:
     package = json.loads((project / "artifacts" / "package" / "package.json").read_text())
     if args.bento:
         package["bento_tag"] = args.bento
+    compare = args.compare or (package["bento_tag"] if args.compare_overrides is not None else None)
+    compare_overrides = args.overrides if args.compare_overrides is None else args.compare_overrides
     bundle = project / "artifacts" / "package" / "bundle"
     from recstack.features.spec import FeatureSpec
 
@@ -304,18 +316,24 @@ def main() -> None:
             )
         )
         bases = {"floor": floor_base, "recommend": rec_base}
-        if args.compare:
-            compare_env = {**env, AFFINITY_ENV: args.affinity, "RECSTACK_LOG_DIR": str(logs / "compare-logs")}
+        if compare:
+            compare_env = {
+                **env,
+                AFFINITY_ENV: args.affinity,
+                "RECSTACK_LOG_DIR": str(logs / "compare-logs"),
+                "RECSTACK_SERVING_OVERRIDES": json.dumps({**compare_overrides, **NO_CACHE}),
+            }
             # Its own model (the package stage gives bento and model one version): a bento built before
             # bentos recorded their model would load the store's latest, maybe with settings its code
             # does not know.
-            own_model = project / STORE_DIR / "models" / MODEL_NAME / args.compare.split(":", 1)[-1]
+            own_model = project / STORE_DIR / "models" / MODEL_NAME / compare.split(":", 1)[-1]
             if own_model.is_dir() and "RECSTACK_MODEL" not in os.environ:
                 compare_env["RECSTACK_MODEL"] = f"{MODEL_NAME}:{own_model.name}"
             bases["compare"] = servers.enter_context(
-                bentoml_serve(args.compare, project, compare_env, logs / "compare.out")
+                bentoml_serve(compare, project, compare_env, logs / "compare.out")
             )
-            results["compare_bento"] = args.compare
+            results["compare_bento"] = compare
+            results["compare_overrides"] = compare_overrides
         for base in bases.values():  # warm-up
             asyncio.run(load(base, users, 2, 2.0, args.k))
         results["worker_cores"] = {
@@ -363,7 +381,7 @@ def main() -> None:
     )[0]
 
     print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    targets = ("floor", "recommend", "compare") if args.compare else ("floor", "recommend")
+    targets = ("floor", "recommend", "compare") if compare else ("floor", "recommend")
     for c, r in results["http"].items():
         for name in targets:
             m = r[name]
@@ -371,10 +389,14 @@ def main() -> None:
                 f"{c:>4} {name:>9} {m['rps']:>8.1f} {m['p50_ms']:>8.2f} {m['p95_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}"
             )
         print(f"{'':>4} {'ratio':>9} {r['rps_ratio']:>8.2f} {'':>8} {'':>8} {r['p99_ratio']:>8.2f}")
-        if args.compare:
+        if compare:
+            settings = (
+                f", settings {json.dumps(compare_overrides)}" if compare_overrides != args.overrides else ""
+            )
             print(
                 f"{'':>4} {'compare':>9} {r['compare_rps_ratio']:>8.2f} {'':>8} {'':>8} {r['compare_p99_ratio']:>8.2f}"
-                f"   (compare: {args.compare})"
+                f"   (compare: {compare}{settings}; recommend / compare req/s "
+                f"{r['recommend']['rps'] / r['compare']['rps']:.3f})"
             )
     print("\nCPU per request (ms), where it went:")
     print(

@@ -220,7 +220,7 @@ class ServingConfig(_Strict):
         "batch",
         description="Linux scheduling policy of the stage-lane threads. batch (SCHED_BATCH): a lane woken by "
         "a new request does not preempt the event loop on their shared core, so the core switches threads "
-        "less (ML-100K, concurrency 8: 3.5-6 % less CPU per request, 2-5 % more requests/s); the loop's "
+        "less (ML-100K, concurrency 8: 1-6 % less CPU per request, 1-5 % more requests/s); the loop's "
         "own wake-ups (budgets, sockets) are scheduled as before. normal: the OS default. Elsewhere than "
         "Linux both mean the OS default",
     )

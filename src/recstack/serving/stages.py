@@ -524,9 +524,10 @@ def schedule_thread(policy: str) -> bool:
     a lane keeps the same CPU share (same weight; a lower one, nice 5-10, measured a few % more requests/s
     but would yield the model work to every other process on the core, noisy neighbours included).
     Measured on ML-100K at concurrency 8, the same bento with ``lane_scheduling`` batch against normal
-    (two same-run A/Bs, 4 and 6 rounds, order alternating): CPU per request -6 % and -3.5 %, requests/s
-    +5 % and +2 % (batches barely larger, mean 1.7 -> 1.7-1.9: the gain is mostly the switches). The
-    whole worker under SCHED_BATCH (the loop too) was ~3 % worse than the lanes alone.
+    (three same-run A/Bs, 4, 6 and 4 rounds, order alternating): CPU per request -6 %, -3.5 % and -0.7 %,
+    requests/s +5 %, +2 % and +1 %: small, never negative (batches barely larger, mean 1.7 -> 1.7-1.9:
+    the gain is mostly the switches). The whole worker under SCHED_BATCH (the loop too) was ~3 % worse
+    than the lanes alone.
 
     Unprivileged threads may switch to SCHED_BATCH; where the OS has no such policy (not Linux) or refuses
     it, the thread keeps the OS default, with a warning for a refusal.
