@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recstack.serving.cache import ResultCache
@@ -35,6 +37,28 @@ def test_event_log_appends_from_many_threads_and_survives_a_torn_line(tmp_path: 
         list(read_events(tmp_path / "bad.jsonl"))
 
 
+def test_event_log_writes_strict_json_one_record_per_line(tmp_path: Path) -> None:
+    """What json.dumps(default=str) wrote, except NaN / infinity (not JSON) as null, numpy scalars as
+    numbers; int keys become strings, anything else its str()."""
+
+    class Tagged:
+        def __str__(self) -> str:
+            return "tagged!"
+
+    log = EventLog(tmp_path / "events.jsonl", durable=False)
+    log.append(
+        {"id": 'é"x', 3: [1.5, float("nan"), float("inf"), None], "n": np.float32(0.25), "t": Tagged()}
+    )
+    log.append({"i": np.int64(7)})
+    log.close()
+    raw = (tmp_path / "events.jsonl").read_bytes()
+    assert raw.count(b"\n") == 2 and raw.endswith(b"\n") and b"NaN" not in raw and b"Infinity" not in raw
+    first, second = (json.loads(line) for line in raw.splitlines())  # strict JSON parses
+    assert first == {"id": 'é"x', "3": [1.5, None, None, None], "n": 0.25, "t": "tagged!"}
+    assert second == {"i": 7}
+    assert list(read_events(tmp_path / "events.jsonl")) == [first, second]
+
+
 def test_cache_ttl_jitter_lru_and_user_invalidation() -> None:
     now = [0.0]
     cache = ResultCache(ttl_seconds=10, jitter=0.2, max_entries=3, clock=lambda: now[0], seed=0)
@@ -58,7 +82,7 @@ def test_cache_ttl_jitter_lru_and_user_invalidation() -> None:
 
 def test_serving_requirements_hold_no_pipeline_tools() -> None:
     names = {r.split("==")[0] for r in serving_requirements()}
-    assert {"torch", "torchrec", "faiss-cpu", "bentoml", "fbgemm-gpu-cpu"} <= names
+    assert {"torch", "torchrec", "faiss-cpu", "bentoml", "fbgemm-gpu-cpu", "orjson"} <= names
     assert not names & {"jupyterlab", "dvc", "lightning", "streamlit", "papermill", "evidently", "fbgemm-gpu"}
 
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 FEEDBACK_LOG = "feedback.jsonl"
 RESPONSES_LOG = "responses.jsonl"
 # Users forgotten by the admin operation: the next ingest drops their events (its deletion list).
@@ -23,6 +25,10 @@ DELETION_LIST = "deletion_list.jsonl"
 DELETION_LIST_ENV = "RECSTACK_DELETION_LIST"  # put it elsewhere, e.g. the project's data/deletion_list.jsonl
 # Admin operations every worker applies (flush the cache, reload the models).
 ADMIN_LOG = "admin.jsonl"
+# orjson: ~5x faster than json.dumps on a response record (23 -> ~4 us, 96 -> ~10 us with its features),
+# on the request's path. Like json.dumps with ``default=str``: int keys become strings, other types their
+# str(); unlike it, a NaN or infinity is written as null (json.dumps wrote NaN, which is not JSON).
+_ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 class EventLog:
@@ -44,7 +50,7 @@ class EventLog:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record; when this returns (durable log), the record is on disk."""
-        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+        line = orjson.dumps(record, default=str, option=_ORJSON_OPTIONS)
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:

@@ -39,6 +39,7 @@ SERVING_ROOTS = (
     "polars",
     "pyarrow",
     "pydantic",
+    "orjson",  # recstack.serving.eventlog
     "pyyaml",
     "prometheus-client",
     "redis",  # the online state's Redis backend
