@@ -15,6 +15,7 @@ from recstack.monitoring.dashboard import load_summary
 from recstack.monitoring.monitor import DriftSettings, MonitorConfig, run_monitor
 from recstack.monitoring.replay import replay, snapshot_pace
 from recstack.monitoring.simulate import Drift, SimulationConfig
+from recstack.serving.eventlog import RESPONSES_LOG, read_events
 
 EXPERIMENTS = [
     {
@@ -124,3 +125,28 @@ def test_replay_never_writes_into_existing_logs(bundle_dir: Path, tmp_path: Path
     with pytest.raises(ValueError, match="not empty"):
         replay(bundle_dir, tmp_path, SimulationConfig(max_events=5))
     assert (tmp_path / "responses.jsonl").read_text() == "{}\n"
+
+
+def test_a_replay_logs_the_same_responses_and_feature_sample_every_run(
+    bundle_dir: Path, plain: dict, tmp_path: Path
+) -> None:
+    """Run again, the plain replay serves the same lists and logs the features of the same responses (a
+    share, drawn by user, surface and simulated time), so the monitor's verdicts repeat: the worker's own
+    log follower no longer applies an event twice now and then, and no wall-clock budget cuts a stage."""
+    start, seconds = pace(bundle_dir)
+    runs = []
+    for n, rate in enumerate((1.0, 0.3, 0.3)):
+        sim = SimulationConfig(max_events=240, rate=60 / seconds, start=start, drift=Drift(), noise=0.1)
+        log_dir = plain["root"].parent / "logs" if n == 0 else tmp_path / f"again{n}"
+        if n:
+            replay(bundle_dir, log_dir, sim, feature_log_rate=rate, experiments=EXPERIMENTS)
+        runs.append(list(read_events(log_dir / RESPONSES_LOG)))
+    first, again, third = runs
+    assert len(first) == len(again) == 240
+    for a, b, c in zip(first, again, third, strict=True):
+        assert a["items"] == b["items"] == c["items"] and a["scores"] == b["scores"] == c["scores"]
+        assert a["at"] == b["at"] and a["experiments"] == b["experiments"]
+        assert b["features"] == c["features"]  # the same sample...
+        assert b["features"] in (None, a["features"])  # ...of the same rows
+    logged = sum(r["features"] is not None for r in again)
+    assert 0.15 * 240 < logged < 0.45 * 240

@@ -3,6 +3,7 @@ Redis server (started by the tests on a free loopback port), with versioned load
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -308,6 +309,41 @@ def test_workers_sharing_a_log_see_each_others_feedback(online_engine: Recommend
             assert len(rec.online.histories([user])[0]) == len(h)
     finally:
         other.close()
+
+
+def test_the_follower_meeting_an_event_before_its_acceptance_does_not_apply_it_twice(
+    loaded_bundle, tmp_path: Path
+) -> None:
+    """The worker's own log follower reads the line as soon as it is written, possibly before the worker
+    has accepted the event. It used to take such an event for another worker's and apply it, then accept
+    applied it too: a history one event too long, now and then (a replay's lists changed run to run).
+    Here the follower runs in the gap on purpose; it waits for the acceptance, then skips the event."""
+    rec = _engine(loaded_bundle, tmp_path / "logs", "embedded")
+    try:
+        user = str(loaded_bundle.tables.spec.user_id.values[9])
+        item = str(loaded_bundle.catalog.item_ids[13])
+        before = len(rec.online.histories([user])[0])
+        log, append = rec.feedback_log, rec.feedback_log.append
+        followed: list[threading.Thread] = []
+
+        def append_then_follow(record: dict) -> None:
+            append(record)
+            follower = threading.Thread(target=rec.relay.run_once)  # the follower's round, in the gap
+            follower.start()
+            follower.join(0.3)  # blocked until the event is accepted (before the fix it applied it here)
+            followed.append(follower)
+
+        log.append = append_then_follow  # type: ignore[method-assign]
+        ack = _feedback(rec, user, item)
+        log.append = append  # type: ignore[method-assign]
+        followed[0].join(5)
+        assert not followed[0].is_alive() and ack.state_updated
+        h = rec.online.histories([user])[0]
+        assert len(h) == before + 1 and h.items[-1] == loaded_bundle.item_index(item)
+        rec.relay.run_once()  # and no later round applies it either
+        assert len(rec.online.histories([user])[0]) == before + 1
+    finally:
+        rec.close()
 
 
 def test_engagements_raise_the_items_online_popularity(online_engine: Recommender) -> None:

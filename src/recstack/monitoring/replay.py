@@ -26,6 +26,7 @@ from recstack.monitoring.simulate import (
     item_categories,
     simulate,
 )
+from recstack.serving.config import NO_BUDGETS
 from recstack.serving.engine import Recommender, RequestError
 from recstack.serving.schemas import FeedbackEvent, RecommendRequest
 
@@ -96,10 +97,13 @@ def replay(
     # Live semantics: features as of the (simulated) present, not as of each user's own latest event.
     # No result cache: its TTL is wall-clock time, and the simulated clock runs ~1000x faster (a cached
     # list would be hours of replayed time old, and which requests hit it would depend on the machine).
+    # No stage budgets, for the same reason: wall-clock budgets on a busy machine would cut a stage short
+    # now and then, and the same replay would serve other lists (a replay is reproducible, run to run).
     overrides: dict[str, Any] = {
         "feature_log_rate": feature_log_rate,
         "clock": "wall",
         "cache": {"enabled": False},
+        "budgets": NO_BUDGETS,
     }
     if experiments is not None:
         overrides["experiments"] = experiments

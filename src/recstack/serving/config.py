@@ -187,7 +187,8 @@ class ServingConfig(_Strict):
         ge=0.0,
         le=1.0,
         description="share of ranked responses whose served items' ranking features go to the responses log "
-        "(drift monitoring compares them with training); chosen by request id, so reproducible",
+        "(drift monitoring compares them with training); drawn by user, surface and served time, so a "
+        "replay on its simulated clock logs the same sample every run",
     )
     api_keys_env: str | None = Field(
         None,

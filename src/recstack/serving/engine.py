@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -192,6 +193,7 @@ class Recommender:
         # the embedded store replays the log at start (acknowledged events survive a restart), then takes
         # the events other workers accept (every 0.1 s).
         self.relay: Relay | Tailer | None = None
+        self._feedback_lock = threading.Lock()  # a feedback event's logging and acceptance, for _follow
         if self.log_dir is not None:
             if isinstance(self.online, RedisStore):
                 self.relay = Relay(self.online, bundle, self.config.online, self.log_dir / FEEDBACK_LOG)
@@ -455,11 +457,13 @@ class Recommender:
 
     def _follow(self, record: dict[str, Any]) -> None:
         """A logged feedback record, met by the embedded store's log follower: applied unless this worker
-        applied it when accepting it."""
-        if not (
-            isinstance(self.online, EmbeddedStore) and self.online.forget_applied(str(record.get("event_id")))
-        ):
-            apply_record(self.online, self.bundle, self.config.online, record)
+        applied it when accepting it (never between this worker's logging and accepting it: one lock)."""
+        with self._feedback_lock:
+            if not (
+                isinstance(self.online, EmbeddedStore)
+                and self.online.forget_applied(str(record.get("event_id")))
+            ):
+                apply_record(self.online, self.bundle, self.config.online, record)
 
     def _item_activity(self, items: np.ndarray) -> ItemActivity | None:
         """Interactions with ``items`` since the snapshot, for the ranker; None when the online state
@@ -816,19 +820,24 @@ class Recommender:
             **event.model_dump(mode="json"),
             "timestamp": ts.isoformat(),
         }
-        self.feedback_log.append(record)  # fsynced: only now may the event be acknowledged
         joins = event.event_type in self.config.online.history_events
         accepted = AcceptedEvent(
             ack.event_id, event.user_id, item if joins else 0, event_time_us(ts), json.dumps(record)
         )
-        if joins or self.online.streams:
-            try:
-                self.online.accept(accepted)
-                ack.state_updated = joins
-            except OnlineStateUnavailable as exc:
-                # Logged durably all the same: the relay applies it when the backend is back.
-                log.warning("feedback %s logged but not applied to the online state: %s", ack.event_id, exc)
-                self.metrics.fallbacks.labels(reason="online_state_unavailable").inc()
+        # Logged and applied as one step for this worker's log follower (see _follow): meeting the line in
+        # between, it took the event for another worker's and applied it, then so did accept, twice.
+        with self._feedback_lock:
+            self.feedback_log.append(record)  # fsynced: only now may the event be acknowledged
+            if joins or self.online.streams:
+                try:
+                    self.online.accept(accepted)
+                    ack.state_updated = joins
+                except OnlineStateUnavailable as exc:
+                    # Logged durably all the same: the relay applies it when the backend is back.
+                    log.warning(
+                        "feedback %s logged but not applied to the online state: %s", ack.event_id, exc
+                    )
+                    self.metrics.fallbacks.labels(reason="online_state_unavailable").inc()
         if self.cache is not None:
             self.cache.invalidate_user(event.user_id)
         self.metrics.feedback.labels(event_type=event.event_type).inc()
@@ -945,13 +954,20 @@ class Recommender:
             "warnings": problems,
         }
 
-    def _served_features(self, resp: RecommendResponse, plan: _Plan | None) -> list | None:
+    def _served_features(
+        self, req: RecommendRequest, resp: RecommendResponse, plan: _Plan | None, at: str
+    ) -> list | None:
         """The ranking features of the served items (``DENSE_FEATURES`` order; None for an item the ranker
-        did not score, e.g. an exploration pick) for a ``feature_log_rate`` share of ranked responses."""
+        did not score, e.g. an exploration pick) for a ``feature_log_rate`` share of ranked responses.
+
+        The share is drawn by the request's user, surface and time ``at``, not its random id: live, the
+        clock's microseconds make it a fresh draw per request; a replay's simulated clock draws the same
+        sample every run, so the drift checks that read it give the same verdicts.
+        """
         rate = self.config.feature_log_rate
         if plan is None or plan.features is None or plan.candidates is None or rate <= 0:
             return None
-        if stable_hash("features", resp.request_id) % 10_000 >= rate * 10_000:
+        if stable_hash("features", req.user_id, req.surface, at) % 10_000 >= rate * 10_000:
             return None
         row = {int(it): r for r, it in enumerate(plan.candidates.tolist())}
         out = []
@@ -963,11 +979,12 @@ class Recommender:
     def _log_response(
         self, req: RecommendRequest, resp: RecommendResponse, plan: _Plan | None = None
     ) -> None:
+        at = self.clock().isoformat()
         try:
             self.responses_log.append(
                 {
                     "request_id": resp.request_id,
-                    "at": self.clock().isoformat(),
+                    "at": at,
                     "user_id": req.user_id,
                     "surface": req.surface,
                     "k": req.k,
@@ -984,7 +1001,7 @@ class Recommender:
                     "policy": resp.policy,
                     "cached": resp.cached,
                     "latency_ms": resp.timings_ms.get("total"),
-                    "features": self._served_features(resp, plan),
+                    "features": self._served_features(req, resp, plan, at),
                 }
             )
         except OSError:

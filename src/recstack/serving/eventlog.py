@@ -158,16 +158,20 @@ class Tailer(Periodic):
     ) -> None:
         super().__init__(interval_s, name)
         self.path, self.handle, self.offset = Path(path), handle, offset
+        # One round at a time: a caller's round (a reload, a test) beside the thread's would read the same
+        # lines from the same offset and handle each record twice.
+        self._round = threading.Lock()
         self.run_once()  # what is already there counts before the first request
         self.start()
 
     def run_once(self) -> int:
         n = 0
-        while True:
-            records, end = read_from(self.path, self.offset)
-            for record, _ in records:
-                self.handle(record)
-                n += 1
-            if end == self.offset:
-                return n
-            self.offset = end
+        with self._round:
+            while True:
+                records, end = read_from(self.path, self.offset)
+                for record, _ in records:
+                    self.handle(record)
+                    n += 1
+                if end == self.offset:
+                    return n
+                self.offset = end
