@@ -277,6 +277,33 @@ def test_missing_or_failing_index_serves_popular(loaded_bundle, tmp_path: Path, 
     no_index.close()
 
 
+def test_a_segment_list_the_user_has_all_seen_falls_through_to_the_global_list(
+    loaded_bundle, tmp_path: Path, monkeypatch
+) -> None:
+    """A small segment's popular list can be all seen (a region whose only user is this one: ML-100K has
+    such regions): the fallback then served an empty list. The global list follows the segment's."""
+    rec = Recommender(loaded_bundle, log_dir=tmp_path)
+    monkeypatch.setattr(rec.bundle, "index", None)
+    uid = str(loaded_bundle.tables.spec.user_id.values[3])
+    seen = loaded_bundle.seen(loaded_bundle.user_index(uid))
+    segments = {**loaded_bundle.popular.segments, "region": {"only-me": np.asarray(seen, dtype=np.int64)}}
+    monkeypatch.setattr(rec.bundle.popular, "segments", segments)
+    try:
+        resp = rec.recommend(RecommendRequest(user_id=uid, k=10, region="only-me"))
+        served = ids_to_idx(rec, [i.item_id for i in resp.items])
+        assert resp.served_by == "popular_global" and resp.fallbacks == ["index_missing"]
+        assert len(served) == 10 and not set(served) & set(seen.tolist())
+        # Partly seen: the segment's unseen items first, then the global list's.
+        unseen = [int(i) for i in loaded_bundle.popular.global_items if int(i) not in set(seen.tolist())]
+        segments["region"]["only-me"] = np.asarray([*seen[:5], *unseen[-3:]], dtype=np.int64)
+        resp = rec.recommend(RecommendRequest(user_id=uid, k=9, region="only-me"))  # k=9: not cached
+        served = ids_to_idx(rec, [i.item_id for i in resp.items])
+        assert resp.served_by == "popular_segment" and not resp.cached and len(served) == 9
+        assert set(unseen[-3:]) <= set(served) and not set(served) & set(seen.tolist())
+    finally:
+        rec.close()
+
+
 def test_policy_failure_still_answers(loaded_bundle, tmp_path: Path) -> None:
     from recstack.policy.schema import Policy
 

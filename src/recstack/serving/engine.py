@@ -672,12 +672,23 @@ class Recommender:
     def _popular(
         self, policy: Policy, context: dict[str, str | None], seen: np.ndarray, current: int
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        """Popular items of the context's segment (``policy.cold_start``), else global; best first with
-        decreasing scores."""
+        """Popular items of the context's segment (``policy.cold_start``), then the global list's others:
+        best first with decreasing scores, the user's seen items and ``current`` left out.
+
+        The global list follows even when the context has a segment: a small segment's list can be all
+        seen (a region with one user holds just that user's items), and a fallback then served nothing.
+        The path is ``popular_segment`` when the segment's own list has unseen items, else
+        ``popular_global``.
+        """
         items, segment = self.bundle.popular.for_context(context, policy.cold_start.segment_by)
-        items = items[~np.isin(items, seen) & (items != current)]
-        scores = np.linspace(1.0, 0.0, num=len(items), endpoint=False, dtype=np.float64)
-        return items, scores, "popular_segment" if segment else "popular_global"
+        unseen = items[~np.isin(items, seen) & (items != current)]
+        path = "popular_segment" if segment and len(unseen) else "popular_global"
+        if segment:
+            others = self.bundle.popular.global_items
+            others = others[~np.isin(others, items) & ~np.isin(others, seen) & (others != current)]
+            unseen = np.concatenate([unseen, others])
+        scores = np.linspace(1.0, 0.0, num=len(unseen), endpoint=False, dtype=np.float64)
+        return unseen, scores, path
 
     def _apply_policy(
         self,
