@@ -25,8 +25,8 @@ DELETION_LIST = "deletion_list.jsonl"
 DELETION_LIST_ENV = "RECSTACK_DELETION_LIST"  # put it elsewhere, e.g. the project's data/deletion_list.jsonl
 # Admin operations every worker applies (flush the cache, reload the models).
 ADMIN_LOG = "admin.jsonl"
-# orjson: ~5x faster than json.dumps on a response record (23 -> ~4 us, 96 -> ~10 us with its features),
-# on the request's path. Like json.dumps with ``default=str``: int keys become strings, other types their
+# orjson: ~9x faster than json.dumps on a response record (12.8 -> 1.4 us, timed alone), on the request's
+# path. Like json.dumps with ``default=str``: int keys become strings, other types their
 # str(); unlike it, a NaN or infinity is written as null (json.dumps wrote NaN, which is not JSON).
 _ORJSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
