@@ -447,8 +447,9 @@ def test_served_ranking_features_are_logged_for_a_sampled_share(loaded_bundle, t
     from recstack.ranking.features import DENSE_FEATURES
 
     users = known_users(Recommender(loaded_bundle, log_dir=tmp_path / "probe"))[:60]
-    # The share is drawn per request (user, surface, served time): 20 requests at 0.3 fall outside 10-50 % once in 40 runs (binomial); 10
-    # rounds of them (the cache is off, so each is a new request) make that about one in a billion.
+    # The share is drawn per request (user, surface, served time): 20 requests at 0.3 fall outside
+    # 10-50 % once in 40 runs (binomial); 10 rounds of them (the cache is off, so each is a new request)
+    # make that about one in a billion.
     for rate, logs, rounds in ((1.0, tmp_path / "all", 1), (0.3, tmp_path / "some", 10)):
         config = load_serving_config(
             {
