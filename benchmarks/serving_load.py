@@ -229,7 +229,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--in-process", type=int, default=500, help="sequential in-process requests per variant")
+    ap.add_argument(
+        "--in-process", type=int, default=500, help="sequential in-process requests per variant (0: none)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     ap.add_argument(
         "--overrides",
@@ -366,19 +368,21 @@ def main() -> None:
             results["http"][c]["mean_batch"] = (
                 (requests_after - requests_before) / batches if batches else None
             )
-    served = {**args.overrides, "retrieval": "ann"}
-    ann, results["cache_effect"], scanned = in_process(
-        bundle, users, args.k, args.in_process, served, evicted=True
-    )
-    results["in_process"] = {"ann": ann}
-    if scanned:
-        # A small catalog's HNSW index is served by a scan (ServingConfig.full_scan_max_items): time the
-        # graph too, so what each costs stays visible.
-        graph = {**served, "full_scan_max_items": 0}
-        results["in_process"]["hnsw"] = in_process(bundle, users, args.k, args.in_process, graph)[0]
-    results["in_process"]["exact"] = in_process(
-        bundle, users, args.k, args.in_process, {**served, "retrieval": "exact"}
-    )[0]
+    results["in_process"] = {}
+    if args.in_process > 0:
+        served = {**args.overrides, "retrieval": "ann"}
+        ann, results["cache_effect"], scanned = in_process(
+            bundle, users, args.k, args.in_process, served, evicted=True
+        )
+        results["in_process"]["ann"] = ann
+        if scanned:
+            # A small catalog's HNSW index is served by a scan (ServingConfig.full_scan_max_items): time
+            # the graph too, so what each costs stays visible.
+            graph = {**served, "full_scan_max_items": 0}
+            results["in_process"]["hnsw"] = in_process(bundle, users, args.k, args.in_process, graph)[0]
+        results["in_process"]["exact"] = in_process(
+            bundle, users, args.k, args.in_process, {**served, "retrieval": "exact"}
+        )[0]
 
     print(f"\n{'conc':>4} {'target':>9} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}")
     targets = ("floor", "recommend", "compare") if compare else ("floor", "recommend")
@@ -417,6 +421,10 @@ def main() -> None:
     for c, r in results["http"].items():
         for name in targets:
             print(f"{c:>4} {name:>9} " + " ".join(str(x) for x in r[name]["connections"]))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if not results["in_process"]:
+        return
     print("\nin-process funnel (sequential, ms):")
     if "hnsw" in results["in_process"]:
         print("  (the catalog is small enough to scan, as the service does: 'ann'; 'hnsw': the graph's walk)")
@@ -430,8 +438,6 @@ def main() -> None:
         f"\nin-process CPU per request (ms, all threads): warm caches {ce['warm']:.2f}, caches evicted "
         f"between requests {ce['evicted']:.2f} ({ce['evicted'] / ce['warm']:.2f}x)"
     )
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":
