@@ -22,7 +22,8 @@ settings, and alone serves the same bento with them (an A/B of one setting, e.g.
 recstack's workers run with their default CPU affinity (each bound to a core of its own, one worker per
 core here; ``--affinity``), the floor's with BentoML's default (placed by the OS, ``--floor-affinity``),
 which is the faster floor on this machine: bound the same way it served 15-20 % fewer requests/s, so
-comparing against it would flatter recstack.
+comparing against it would flatter recstack. ``--floor raw`` serves the stricter floor that returns a ready
+response, as recstack's endpoint does (``floor_service.FloorRaw``: no output conversion by BentoML).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from recstack.serving.workers import AFFINITY_ENV, AFFINITY_MODES
 HERE = Path(__file__).resolve().parent
 NO_CACHE = {"cache": {"enabled": False}}
 STAGGER_S = 0.01  # between the clients' first requests (both targets alike)
+FLOORS = {"idiomatic": "floor_service:Floor", "raw": "floor_service:FloorRaw"}
 
 
 async def load(base: str, users: list[str], concurrency: int, seconds: float, k: int) -> dict:
@@ -268,6 +270,13 @@ def main() -> None:
         help="recstack's workers (its default auto: each bound to a core of its own when one per core)",
     )
     ap.add_argument(
+        "--floor",
+        choices=sorted(FLOORS),
+        default="idiomatic",
+        help="the floor's endpoint: idiomatic (returns a dict, which BentoML converts: the issue's "
+        "hello-world) or raw (returns a ready response, as recstack's endpoint does)",
+    )
+    ap.add_argument(
         "--floor-affinity",
         choices=AFFINITY_MODES,
         default="none",
@@ -298,12 +307,13 @@ def main() -> None:
     }
     print(
         f"catalog: {n_items} items, {len(users)} users; bento {package['bento_tag']}; logs {logs}; "
-        f"CPU affinity: recstack {args.affinity}, floor {args.floor_affinity}"
+        f"CPU affinity: recstack {args.affinity}, floor {args.floor_affinity}; floor endpoint {args.floor}"
     )
     results: dict = {
         "catalog_items": n_items,
         "users": len(users),
         "affinity": {"recstack": args.affinity, "floor": args.floor_affinity},
+        "floor": args.floor,
         "http": {},
     }
     with ExitStack() as servers:
@@ -314,7 +324,7 @@ def main() -> None:
         )
         floor_base = servers.enter_context(
             bentoml_serve(
-                "floor_service:Floor", HERE, {**env, AFFINITY_ENV: args.floor_affinity}, logs / "floor.out"
+                FLOORS[args.floor], HERE, {**env, AFFINITY_ENV: args.floor_affinity}, logs / "floor.out"
             )
         )
         bases = {"floor": floor_base, "recommend": rec_base}
