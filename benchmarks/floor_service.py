@@ -22,13 +22,18 @@ configure_worker()
 ITEMS = [str(i) for i in range(1, 11)]
 
 
+def answer(user_id: str, k: int) -> dict:
+    """Both floors' answer: the first ``k`` of 10 fixed ids."""
+    return {"user_id": user_id, "items": [{"item_id": i} for i in ITEMS[:k]]}
+
+
 @bentoml.service(name="floor", **service_settings())
 class Floor:
     @bentoml.api(route="/recommend")
     async def recommend(self, user_id: str, k: int = 10) -> dict:
         # A coroutine like recstack's endpoint, and the cheaper of BentoML's two paths (a thread-pool
         # endpoint measured ~5-10 % fewer requests/s here), so the floor is the stricter one.
-        return {"user_id": user_id, "items": [{"item_id": i} for i in ITEMS[:k]]}
+        return answer(user_id, k)
 
 
 @bentoml.service(name="floor-raw", **service_settings())
@@ -36,5 +41,4 @@ class FloorRaw:
     @bentoml.api(route="/recommend")
     async def recommend(self, user_id: str, k: int = 10) -> dict:
         # The same answer, serialized here and returned ready (as recstack's endpoint returns its own).
-        body = json.dumps({"user_id": user_id, "items": [{"item_id": i} for i in ITEMS[:k]]})
-        return Response(body, media_type="application/json")
+        return Response(json.dumps(answer(user_id, k)), media_type="application/json")
