@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -74,18 +75,44 @@ def test_real_workers_are_each_bound_to_a_core_of_their_own(server) -> None:
     core (the stage lanes' threads included, which start after the binding)."""
     from bentoml._internal.resource import CpuResource
 
-    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("psutil")
     if int(CpuResource.from_system()) != len(os.sched_getaffinity(0)):
         pytest.skip("a CPU quota below the cores: the default leaves placement to the OS")
-    base, _ = server
-    workers = [
-        p
-        for p in psutil.Process(base.pid).children(recursive=True)
-        if "_bentoml_impl.worker" in " ".join(p.cmdline())
-    ]
-    cores = []
-    for w in workers:
-        per_thread = {tuple(os.sched_getaffinity(t.id)) for t in w.threads()}
-        assert len(per_thread) == 1 and len(next(iter(per_thread))) == 1, per_thread
-        cores.append(next(iter(per_thread))[0])
-    assert len(workers) == len(os.sched_getaffinity(0)) and sorted(cores) == sorted(os.sched_getaffinity(0))
+    base, logs = server
+    cores = sorted(os.sched_getaffinity(0))
+    # Ready means one worker answers; another may still be importing (unbound until then), so wait for
+    # all of them, and fail with what was seen last.
+    deadline = time.monotonic() + 120
+    while True:
+        placement = _worker_placement(base.pid)
+        bound = {
+            pid: next(iter(p))[0] for pid, p in placement.items() if len(p) == 1 and len(next(iter(p))) == 1
+        }
+        if len(bound) == len(placement) == len(cores) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    tail = (logs / "server.out").read_text()[-2000:]
+    assert len(placement) == len(cores), (placement, tail)
+    assert len(bound) == len(placement), (placement, tail)
+    assert sorted(bound.values()) == cores, (placement, tail)
+
+
+def _worker_placement(server_pid: int) -> dict[int, set[tuple[int, ...]]]:
+    """The cores each thread of each BentoML worker may run on, by worker pid."""
+    import psutil
+
+    placement = {}
+    for p in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if "_bentoml_impl.worker" not in " ".join(p.cmdline()):
+                continue
+            cores = set()
+            for t in p.threads():
+                try:
+                    cores.add(tuple(sorted(os.sched_getaffinity(t.id))))
+                except ProcessLookupError:  # a thread that ended meanwhile
+                    continue
+            placement[p.pid] = cores
+        except psutil.NoSuchProcess:  # a worker restarting
+            continue
+    return placement
