@@ -109,6 +109,9 @@ def _model_metrics(project: Path) -> dict[str, dict]:
     }
 
 
+# The whole pipeline on this event-log source: slow (minutes of fixed per-stage costs). The default run
+# covers every stage through test_default_dataset.py's one `dvc repro` of the embedded dataset.
+@pytest.mark.slow
 def test_full_pipeline_trains_both_models_and_evaluates_every_system(project: Path) -> None:
     out = run(["dvc", "repro"], project).stdout
     for stage in ("train_retrieval", "train_ranking", "evaluate", "build_index", "package", "batch_topn"):
@@ -150,7 +153,10 @@ def test_full_pipeline_trains_both_models_and_evaluates_every_system(project: Pa
     assert "up to date" in run(["dvc", "status", "evaluate"], project).stdout
 
 
+# Slow: it trains both models twice. Training's determinism is also in tests/unit/test_models.py.
+@pytest.mark.slow
 def test_forced_repro_gives_identical_metrics(project: Path) -> None:
+    run(["dvc", "repro", "evaluate"], project)  # a no-op after the whole-pipeline test
     before = _model_metrics(project)
     run(["dvc", "repro", "--force", "train_retrieval", "train_ranking", "evaluate"], project)
     assert _model_metrics(project) == before
