@@ -102,3 +102,18 @@ def test_an_unknown_affinity_setting_is_an_error_naming_it(monkeypatch: pytest.M
     monkeypatch.setenv(AFFINITY_ENV, "cores")
     with pytest.raises(ValueError, match="RECSTACK_CPU_AFFINITY='cores'.*auto, worker, none"):
         pin_worker()
+
+
+def test_the_light_serving_modules_load_without_torch() -> None:
+    """What a worker's settings, the shared slot table and the event log need loads in a fraction of a
+    second: processes that serve no model (the benchmark's floor service, monitoring jobs) do not pay for
+    torch and torchrec, and the package's names still load on first use."""
+    code = (
+        "import sys, recstack.serving.workers, recstack.serving.balance, recstack.serving.eventlog\n"
+        "import recstack.serving as serving\n"
+        "before = 'torch' in sys.modules\n"
+        "engine = serving.Recommender.__module__\n"
+        "print(before, engine, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "recstack.serving.engine", "True"], out.stdout
