@@ -26,8 +26,8 @@ fi
 # --compile-bytecode: uv (unlike pip) installs no .pyc files, and where PYTHONDONTWRITEBYTECODE is set (as
 # on the machines this project is built and tested on) Python never writes them either, so every process
 # (each pipeline stage's kernel, each torchrun rank, each service worker) compiled torch, torchrec and
-# sympy from source again: `import recstack.serving.engine, recstack.monitoring.monitor` took 34 s here
-# without them and 13 s with them. Compiling costs ~50 s once; a later sync of an unchanged .venv skips it.
+# sympy from source again: `import recstack.monitoring.monitor` took 34 s here without them and 13 s
+# with them. Compiling costs ~50 s once; a later sync of an unchanged .venv skips it.
 log "syncing .venv from uv.lock"
 "$UV" sync --frozen --quiet --compile-bytecode
 
