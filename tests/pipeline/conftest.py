@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -42,3 +43,19 @@ def git_commit_all(repo: Path) -> None:
         run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"], repo)
+
+
+SYSTEMS = {"most_popular", "ease", "rp3beta", "two_tower", "funnel", "funnel_reranked"}
+MODEL_DIRS = ("train_retrieval/model", "train_retrieval/valid_model", "train_ranking/model")
+
+
+def assert_model_artifacts(project: Path) -> None:
+    """Every trained model's directory carries what serving needs (weights, its feature spec, a card with
+    the data fingerprint and version), and training logged its DVCLive curves."""
+    for model_dir in MODEL_DIRS:
+        d = project / "artifacts" / model_dir
+        card = json.loads((d / "model.json").read_text())
+        assert (d / "model.pt").is_file() and (d / "features" / "feature_spec.json").is_file(), model_dir
+        assert card["data_fingerprint"] and len(card["version"]) == 12, model_dir
+    dvclive = project / "artifacts" / "train_retrieval" / "dvclive" / "plots" / "metrics"
+    assert (dvclive / "valid_recall@100.tsv").is_file()
